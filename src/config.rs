@@ -1,0 +1,108 @@
+//! `kvserver`'s command line: every flag, its default and its validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::protocol::Limits;
+use crate::server::ServerConfig;
+use crate::store::{FsyncPolicy, StoreConfig};
+
+/// A durable key-value server whose database is a plain, human-readable text file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvserver", version, about, long_about = None)]
+pub struct Config {
+    /// The database file: an append-only log of line-protocol commands. Created if missing.
+    #[arg(long, default_value = "database.txt")]
+    pub db: PathBuf,
+
+    /// Address for the line protocol (nc, telnet, kvclient). Loopback by default; port 0
+    /// picks a free port (the log says which).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+
+    /// When writes are made durable: `always` fsyncs every batch before acknowledging it;
+    /// `everysec` acknowledges after write(2) and fsyncs about once a second; `never` leaves
+    /// flushing to the OS. See README "Durability".
+    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always)]
+    pub fsync: FsyncPolicy,
+
+    /// Connections served at once, across all listeners; more are refused with an error.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: u64,
+
+    /// Largest value in bytes (after unescaping, and after append/prepend).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+
+    /// Longest request line in bytes; longer lines are refused without being buffered.
+    /// Default: 4 × --max-value-bytes + 1024, room for a fully `\xHH`-escaped value.
+    #[arg(long)]
+    pub max_line_bytes: Option<usize>,
+
+    /// Seconds a connection may stay silent (or leave replies unread) before it is closed;
+    /// 0 disables the timeout.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+
+    /// Automatic compaction starts only once the file is at least this many bytes…
+    #[arg(long, default_value_t = 16 << 20)]
+    pub compact_min_bytes: u64,
+
+    /// …and more than this fraction (0–1) of its records are dead.
+    #[arg(long, default_value_t = 0.5)]
+    pub compact_garbage_ratio: f64,
+
+    /// If the file has a malformed line (other than a torn final line, which is always cut),
+    /// copy the file to a backup beside it and truncate it at that line instead of refusing
+    /// to start.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+impl Config {
+    /// Checks values clap cannot check on its own.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.compact_garbage_ratio) {
+            return Err(format!(
+                "--compact-garbage-ratio must be between 0 and 1, not {}",
+                self.compact_garbage_ratio
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_line_bytes() < 300 {
+            return Err("--max-line-bytes must be at least 300 (a command and a 250-byte key)".into());
+        }
+        Ok(())
+    }
+
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes.unwrap_or(self.max_value_bytes.saturating_mul(4).saturating_add(1024))
+    }
+
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            path: self.db.clone(),
+            fsync: self.fsync,
+            max_value_bytes: self.max_value_bytes,
+            compact_min_bytes: self.compact_min_bytes,
+            compact_garbage_ratio: self.compact_garbage_ratio,
+            repair: self.repair,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits { max_value_bytes: self.max_value_bytes, max_line_bytes: self.max_line_bytes() }
+    }
+
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig {
+            max_connections: self.max_connections,
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+        }
+    }
+}

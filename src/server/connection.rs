@@ -1,0 +1,150 @@
+//! One client connection: read → session → write, until the client leaves, times out, or the
+//! server shuts down.
+//!
+//! Everything already buffered is answered before the socket is read again, and the replies
+//! of one read go out in one write, so pipelining costs one system call per batch instead of
+//! one per request. The input buffer holds at most a session's line limit plus one read; the
+//! output buffer is written out whenever it passes [`FLUSH_THRESHOLD`]. A client that stops
+//! reading its replies hits the write timeout and is disconnected rather than growing memory.
+//!
+//! [`FLUSH_THRESHOLD`]: crate::protocol::FLUSH_THRESHOLD
+
+use std::io::{self, Read, Write};
+
+use crate::protocol::Session;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Serves one connection until it ends. Generic over the stream so tests can drive a session
+/// with in-memory buffers.
+pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::Result<()> {
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let filled = input.len();
+        input.resize(filled + READ_CHUNK, 0);
+        let read = stream.read(&mut input[filled..]);
+        input.truncate(filled + *read.as_ref().unwrap_or(&0));
+        let read = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
+            // End of stream: answer nothing more; a partial request is dropped.
+            return stream.flush();
+        }
+        let mut start = 0;
+        loop {
+            let progress = session.process(&input[start..], &mut out);
+            start += progress.consumed;
+            if !out.is_empty() {
+                stream.write_all(&out)?;
+                out.clear();
+            }
+            if progress.close {
+                return stream.flush();
+            }
+            if progress.consumed == 0 || start == input.len() {
+                break;
+            }
+        }
+        input.drain(..start);
+        if input.capacity() > 4 * READ_CHUNK && input.len() < READ_CHUNK {
+            // Give back the memory of a large request once it is done.
+            input.shrink_to(READ_CHUNK);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Progress, FLUSH_THRESHOLD};
+
+    /// Echoes each line upper-cased; `bye` closes.
+    struct Upper;
+
+    impl Session for Upper {
+        fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
+            let mut consumed = 0;
+            while out.len() < FLUSH_THRESHOLD {
+                let Some(i) = input[consumed..].iter().position(|&b| b == b'\n') else { break };
+                let line = &input[consumed..consumed + i];
+                consumed += i + 1;
+                if line == b"bye" {
+                    return Progress { consumed, close: true };
+                }
+                out.extend(line.to_ascii_uppercase());
+                out.push(b'\n');
+            }
+            Progress { consumed, close: false }
+        }
+    }
+
+    /// A stream that hands out its input a few bytes per read.
+    struct Trickle {
+        input: Vec<u8>,
+        pos: usize,
+        per_read: usize,
+        output: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.per_read.min(buf.len()).min(self.input.len() - self.pos);
+            buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn run(input: &[u8], per_read: usize) -> Trickle {
+        let mut stream = Trickle { input: input.to_vec(), pos: 0, per_read, output: Vec::new(), writes: 0 };
+        serve(&mut stream, &mut Upper).unwrap();
+        stream
+    }
+
+    #[test]
+    fn requests_split_across_reads_are_reassembled() {
+        assert_eq!(run(b"abc\ndef\n", 1).output, b"ABC\nDEF\n");
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_with_one_write() {
+        let stream = run(b"a\nb\nc\n", 1024);
+        assert_eq!(stream.output, b"A\nB\nC\n");
+        assert_eq!(stream.writes, 1);
+    }
+
+    #[test]
+    fn close_stops_before_later_requests() {
+        assert_eq!(run(b"a\nbye\nc\n", 1024).output, b"A\n");
+    }
+
+    #[test]
+    fn large_reply_batches_are_written_in_pieces() {
+        let line = [b'x'; 1000];
+        let mut input = Vec::new();
+        for _ in 0..200 {
+            input.extend_from_slice(&line);
+            input.push(b'\n');
+        }
+        let stream = run(&input, 1 << 20);
+        assert_eq!(stream.output.len(), 200 * 1001);
+        assert!(stream.writes > 1, "a 200 KB reply is not buffered whole");
+    }
+}

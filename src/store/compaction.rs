@@ -1,0 +1,161 @@
+//! Compaction: rewrite the log to hold only live items, without stopping writes.
+//!
+//! 1. The writer starts a compaction at a batch boundary. From then on it appends every
+//!    batch to the old log as usual *and* keeps a copy of its records (the tail).
+//! 2. A background thread walks the index one shard at a time and writes every live item
+//!    to `<db>.compact`, then fsyncs it. The walk is not a point-in-time snapshot: an item
+//!    may be seen before or after a concurrent write. That is fine because every write made
+//!    since the start is in the tail, and replaying the tail after the walk yields the final
+//!    state whatever the walk saw (records are idempotent: `set`, `del`, `flush`).
+//! 3. The writer, between two batches, appends the tail to the temporary file, fsyncs it,
+//!    renames it over the log and fsyncs the directory, so a crash at any point leaves either
+//!    the complete old log or the complete new one. Writes wait only for this last step.
+//!
+//! A temporary file left by a crash is removed at the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::format::encode_set;
+use super::writer::Msg;
+use super::{unix_now, Shared, StoreError};
+
+type Waiter = Sender<Result<(), StoreError>>;
+
+/// The live set, written and synced to the temporary file.
+pub(crate) struct Snapshot {
+    file: File,
+    len: u64,
+    records: u64,
+}
+
+/// The new log, in place.
+pub(crate) struct Installed {
+    pub file: File,
+    pub len: u64,
+    pub records: u64,
+}
+
+/// A compaction in progress, owned by the writer.
+pub(crate) struct Compaction {
+    tail: Vec<u8>,
+    tail_records: u64,
+    waiters: Vec<Waiter>,
+}
+
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".compact");
+    path.with_file_name(name)
+}
+
+/// Removes a temporary file left by a compaction that a crash interrupted: the log it was
+/// meant to replace is still complete.
+pub(crate) fn remove_stale_temp(path: &Path) -> io::Result<()> {
+    let temp = temp_path(path);
+    match fs::remove_file(&temp) {
+        Ok(()) => {
+            log::warn!("removed {} left by an interrupted compaction", temp.display());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsync the directory holding `path`, which makes a rename in it durable.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+impl Compaction {
+    /// Spawns the snapshot thread; it reports back to the writer over `tx`.
+    pub(crate) fn start(
+        path: &Path,
+        shared: Arc<Shared>,
+        tx: Sender<Msg>,
+        waiter: Option<Waiter>,
+    ) -> Result<Compaction, (io::Error, Option<Waiter>)> {
+        let temp = temp_path(path);
+        let spawned = std::thread::Builder::new().name("compactor".into()).spawn(move || {
+            let result = write_snapshot(&temp, &shared);
+            let _ = tx.send(Msg::SnapshotDone(result));
+        });
+        match spawned {
+            Ok(_) => {
+                Ok(Compaction { tail: Vec::new(), tail_records: 0, waiters: waiter.into_iter().collect() })
+            }
+            Err(e) => Err((e, waiter)),
+        }
+    }
+
+    pub(crate) fn add_waiter(&mut self, waiter: Option<Waiter>) {
+        self.waiters.extend(waiter);
+    }
+
+    /// Keeps a copy of records the writer appended to the old log meanwhile.
+    pub(crate) fn record_tail(&mut self, records: &[u8]) {
+        self.tail.extend_from_slice(records);
+        self.tail_records += records.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+
+    /// Completes the compaction: tail, fsync, rename, directory fsync. Answers the waiters.
+    pub(crate) fn install(self, snapshot: io::Result<Snapshot>, path: &Path) -> io::Result<Installed> {
+        let temp = temp_path(path);
+        let result = snapshot.and_then(|snapshot| {
+            snapshot.file.write_all_at(&self.tail, snapshot.len)?;
+            snapshot.file.sync_data()?;
+            fs::rename(&temp, path)?;
+            sync_dir(path)?;
+            Ok(Installed {
+                file: snapshot.file,
+                len: snapshot.len + self.tail.len() as u64,
+                records: snapshot.records + self.tail_records,
+            })
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        let reply = result.as_ref().map(|_| ()).map_err(StoreError::from);
+        for waiter in self.waiters {
+            let _ = waiter.send(reply.clone());
+        }
+        result
+    }
+}
+
+fn write_snapshot(temp: &Path, shared: &Shared) -> io::Result<Snapshot> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(temp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    let now = unix_now();
+    let header = format!("# textkv database, compacted at Unix time {now}; one record per line\n");
+    out.write_all(header.as_bytes())?;
+    let mut len = header.len() as u64;
+    let mut records = 0u64;
+    let mut line = Vec::with_capacity(256);
+    let mut result = Ok(());
+    shared.index.for_each_shard(now, |key, item| {
+        if result.is_err() {
+            return;
+        }
+        line.clear();
+        encode_set(key, &item.value, item.flags, item.expires_at, &mut line);
+        result = out.write_all(&line);
+        len += line.len() as u64;
+        records += 1;
+    });
+    result?;
+    out.flush()?;
+    drop(out);
+    file.sync_data()?;
+    Ok(Snapshot { file, len, records })
+}

@@ -1,0 +1,416 @@
+//! The storage engine: an exact-match index in memory, an append-only text log on disk, and
+//! one writer thread between them.
+//!
+//! Reads ([`Store::get`], [`Store::keys`]) go straight to the index and never wait for the
+//! disk. Writes ([`Store::write`]) are sent over a channel to the writer thread, which decides
+//! each one against the current state (so `add`, `cas`, `incr`… are atomic without any lock
+//! held by the caller), appends a whole batch to the log, makes it durable once per batch
+//! according to the [`FsyncPolicy`], applies it to the index and only then answers. The engine
+//! knows nothing about protocols: the line and memcached front ends both speak [`WriteOp`].
+
+mod compaction;
+pub mod format;
+pub mod index;
+pub mod recovery;
+mod writer;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use index::Index;
+pub use index::Item;
+pub use recovery::LoadError;
+
+/// When a write is made durable before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncPolicy {
+    /// fsync every batch before acknowledging it: an acknowledged write survives a crash of
+    /// the process, the kernel or the power.
+    Always,
+    /// Acknowledge after write(2), fsync in the background about once a second: a process
+    /// crash loses nothing, a power loss or kernel crash loses at most about the last second.
+    Everysec,
+    /// Acknowledge after write(2), leave flushing to the OS: a process crash loses nothing, a
+    /// power loss or kernel crash loses whatever the kernel had not written back (typically up
+    /// to 30 s on Linux).
+    Never,
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Everysec => "everysec",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
+/// Everything the engine needs to know to open a database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Largest value accepted, also after `append`/`prepend`.
+    pub max_value_bytes: usize,
+    /// Compact automatically only once the log is at least this large…
+    pub compact_min_bytes: u64,
+    /// …and more than this fraction of its records are dead.
+    pub compact_garbage_ratio: f64,
+    /// Truncate at the first malformed line (keeping a backup) instead of refusing to start.
+    pub repair: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            fsync: FsyncPolicy::Always,
+            max_value_bytes: 1 << 20,
+            compact_min_bytes: 16 << 20,
+            compact_garbage_ratio: 0.5,
+            repair: false,
+        }
+    }
+}
+
+/// How a storage command decides whether to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Always.
+    Set,
+    /// Only if the key is absent.
+    Add,
+    /// Only if the key is present.
+    Replace,
+    /// Add the data after the existing value (present keys only; flags and expiry kept).
+    Append,
+    /// Add the data before the existing value (present keys only; flags and expiry kept).
+    Prepend,
+    /// Only if the item's CAS unique still equals this one.
+    Cas(u64),
+}
+
+/// One write, decided by the writer thread against the state it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Store {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+        expires_at: u64,
+        mode: StoreMode,
+    },
+    /// Delete; with `cas`, only if the item's CAS unique equals it.
+    Delete {
+        key: Vec<u8>,
+        cas: Option<u64>,
+    },
+    /// Set a new expiry (0 = never) and return the item.
+    Touch {
+        key: Vec<u8>,
+        expires_at: u64,
+    },
+    /// memcached's incr/decr on a decimal value: incr wraps at 2^64, decr stops at 0.
+    Arith {
+        key: Vec<u8>,
+        delta: u64,
+        incr: bool,
+    },
+    /// Delete every item.
+    Flush,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Stored {
+        cas: u64,
+    },
+    /// The mode's condition did not hold (add on a present key, replace on an absent one…).
+    NotStored,
+    /// The CAS unique did not match.
+    Exists,
+    NotFound,
+    Deleted,
+    Touched(Item),
+    Counter {
+        value: u64,
+        cas: u64,
+    },
+    /// incr/decr on a value that is not a decimal number.
+    NonNumeric,
+    /// The resulting value would exceed `max_value_bytes`.
+    TooLarge,
+    Flushed,
+}
+
+/// Why a write was not carried out. Nothing of it reached the index, and the log holds no
+/// part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The disk is full or the file hit its size limit.
+    OutOfSpace,
+    /// Another I/O error; the text is the OS's.
+    Io(String),
+    /// The store is shutting down.
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::OutOfSpace => write!(f, "out of disk space"),
+            StoreError::Io(e) => write!(f, "I/O error: {e}"),
+            StoreError::Closed => write!(f, "server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<&io::Error> for StoreError {
+    fn from(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge | io::ErrorKind::QuotaExceeded => {
+                StoreError::OutOfSpace
+            }
+            _ => StoreError::Io(e.to_string()),
+        }
+    }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    Locked(PathBuf),
+    Io(PathBuf, io::Error),
+    Load(LoadError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Locked(path) => write!(
+                f,
+                "{} is in use by another kvserver process (its lock file {} is held)",
+                path.display(),
+                lock_path(path).display()
+            ),
+            OpenError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            OpenError::Load(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Counters the writer keeps for `stats`; written by the writer only.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    file_bytes: AtomicU64,
+    records: AtomicU64,
+    live_keys: AtomicU64,
+    compactions: AtomicU64,
+    compacting: AtomicBool,
+    write_errors: AtomicU64,
+    batches: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+/// A snapshot of the engine's state for `stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreStats {
+    /// Items in the index (expired ones not yet dropped included).
+    pub keys: u64,
+    pub file_bytes: u64,
+    /// Records in the log.
+    pub records: u64,
+    /// Fraction of the log's records that no longer describe a live item.
+    pub garbage_ratio: f64,
+    pub compactions: u64,
+    pub compacting: bool,
+    pub write_errors: u64,
+    pub batches: u64,
+    pub fsyncs: u64,
+    pub fsync: FsyncPolicy,
+    pub load_millis: u64,
+}
+
+/// State shared by the caller side, the writer and the background threads.
+pub(crate) struct Shared {
+    index: Index,
+    counters: Counters,
+}
+
+/// The engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: Sender<writer::Msg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    fsync: FsyncPolicy,
+    load_millis: u64,
+    /// Held for the life of the store: the OS lock that keeps a second server off the file.
+    _lock: File,
+}
+
+/// Current time in Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+impl Store {
+    /// Locks, loads and opens the database, and starts the writer thread.
+    pub fn open(config: StoreConfig) -> Result<Store, OpenError> {
+        let path = config.path.clone();
+        let io_err = |e| OpenError::Io(path.clone(), e);
+        let lock_file = lock_path(&path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_file)
+            .map_err(|e| OpenError::Io(lock_file.clone(), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(path)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::Io(lock_file, e)),
+        }
+        compaction::remove_stale_temp(&path).map_err(io_err)?;
+
+        let started = Instant::now();
+        let index = Index::default();
+        // Items loaded from the log get small CAS uniques; live writes get clock-based ones,
+        // which are far larger, so a CAS handed out before a restart is never reissued.
+        let mut loaded_cas = 0u64;
+        let report = recovery::load(&path, &index, unix_now(), config.repair, || {
+            loaded_cas += 1;
+            loaded_cas
+        })
+        .map_err(OpenError::Load)?;
+        let load_millis = started.elapsed().as_millis() as u64;
+
+        let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+        let shared = Arc::new(Shared { index, counters: Counters::default() });
+        let live = shared.index.len() as u64;
+        shared.counters.live_keys.store(live, Ordering::Relaxed);
+        shared.counters.records.store(report.records, Ordering::Relaxed);
+        shared.counters.file_bytes.store(report.file_len, Ordering::Relaxed);
+
+        let (tx, rx): (Sender<writer::Msg>, Receiver<writer::Msg>) = crossbeam_channel::unbounded();
+        let writer = writer::Writer::new(&config, file, report.file_len, Arc::clone(&shared), tx.clone(), rx)
+            .map_err(io_err)?;
+        let handle =
+            std::thread::Builder::new().name("writer".into()).spawn(move || writer.run()).map_err(io_err)?;
+        Ok(Store {
+            shared,
+            tx,
+            writer: Mutex::new(Some(handle)),
+            fsync: config.fsync,
+            load_millis,
+            _lock: lock,
+        })
+    }
+
+    /// The live item under `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Item> {
+        self.shared.index.get(key, unix_now())
+    }
+
+    /// Runs `f` on the live item under `key` without copying its value (`f` runs under a
+    /// read lock: keep it short, e.g. copy the value into a reply buffer).
+    pub fn with_item<R>(&self, key: &[u8], f: impl FnOnce(Option<&Item>) -> R) -> R {
+        self.shared.index.with(key, unix_now(), f)
+    }
+
+    /// Live keys starting with `prefix`, sorted.
+    pub fn keys(&self, prefix: &[u8]) -> Vec<Box<[u8]>> {
+        self.shared.index.keys(prefix, unix_now())
+    }
+
+    /// Carries out one write and returns once it is durable under the fsync policy.
+    pub fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        writer::REPLY.with(|(reply_tx, reply_rx)| {
+            self.tx
+                .send(writer::Msg::Write { op, reply: reply_tx.clone() })
+                .map_err(|_| StoreError::Closed)?;
+            reply_rx.recv().map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    /// Stores `value` under `key` unconditionally, with no flags or expiry.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.write(WriteOp::Store {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            flags: 0,
+            expires_at: 0,
+            mode: StoreMode::Set,
+        })
+        .map(|_| ())
+    }
+
+    /// Deletes `key`; `Ok(false)` if it was absent.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.write(WriteOp::Delete { key: key.to_vec(), cas: None })
+            .map(|outcome| outcome == WriteOutcome::Deleted)
+    }
+
+    /// Rewrites the log to hold only live items; returns when the new log is in place. Writes
+    /// go on meanwhile. If a compaction is already running, waits for that one.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        self.tx.send(writer::Msg::Compact { reply: Some(reply_tx) }).map_err(|_| StoreError::Closed)?;
+        reply_rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        let records = c.records.load(Ordering::Relaxed);
+        let live = c.live_keys.load(Ordering::Relaxed);
+        StoreStats {
+            keys: live,
+            file_bytes: c.file_bytes.load(Ordering::Relaxed),
+            records,
+            garbage_ratio: writer::garbage_ratio(records, live),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            compacting: c.compacting.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            fsync: self.fsync,
+            load_millis: self.load_millis,
+        }
+    }
+
+    /// Finishes every queued write (and a running compaction), fsyncs the log and stops the
+    /// writer. Later writes fail with [`StoreError::Closed`]. Idempotent.
+    pub fn shutdown(&self) {
+        let Some(handle) = self.writer.lock().take() else { return };
+        if self.tx.send(writer::Msg::Shutdown).is_ok() && handle.join().is_err() {
+            log::error!("the writer thread panicked during shutdown");
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

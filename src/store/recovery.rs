@@ -1,0 +1,228 @@
+//! Start-up recovery: replay `database.txt` into the index.
+//!
+//! Three outcomes for a damaged file, decided by where the damage is:
+//! - The last line has no newline: a write that was cut short by a crash. It was never
+//!   acknowledged (acknowledgement follows the whole batch, newlines included), so it is cut
+//!   off the file and a warning is logged.
+//! - Any other malformed line: the file was damaged some other way and guessing would risk
+//!   silently dropping acknowledged data, so loading stops with `path:line: reason`.
+//! - The same with `repair`: a backup copy of the whole file is kept beside it and the file is
+//!   truncated at the first bad line.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use super::format::{FormatError, Record};
+use super::index::{Index, Item};
+
+/// What loading found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Length of the file after any repair.
+    pub file_len: u64,
+    /// Records (non-comment lines) kept in the file.
+    pub records: u64,
+    /// Bytes of a torn final line that were cut off.
+    pub torn_bytes: u64,
+    /// Where the damaged original was copied, when `repair` cut the file.
+    pub backup: Option<PathBuf>,
+}
+
+/// Why the database could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Io(io::Error),
+    Corrupt { path: PathBuf, line: u64, reason: FormatError },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Io(e) => write!(f, "{e}"),
+            LoadError::Corrupt { path, line, reason } => write!(
+                f,
+                "{}:{line}: {reason} (start with --repair to keep a backup and truncate the file here)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<io::Error> for LoadError {
+    fn from(e: io::Error) -> Self {
+        LoadError::Io(e)
+    }
+}
+
+/// Replays `path` into `index`, giving every item a CAS unique from `next_cas`. Expired items
+/// are skipped. The file is created if missing.
+pub fn load(
+    path: &Path,
+    index: &Index,
+    now: u64,
+    repair: bool,
+    mut next_cas: impl FnMut() -> u64,
+) -> Result<LoadReport, LoadError> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let mut report = LoadReport::default();
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    let mut line_number = 0u64;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
+        }
+        line_number += 1;
+        if line.last() != Some(&b'\n') {
+            log::warn!(
+                "{}:{line_number}: cutting off a torn final line of {read} bytes (an unacknowledged write interrupted by a crash)",
+                path.display()
+            );
+            report.torn_bytes = read as u64;
+            file.set_len(offset)?;
+            file.sync_all()?;
+            break;
+        }
+        let content = strip_line_ending(&line);
+        if !is_comment_or_blank(content) {
+            match Record::parse(content) {
+                Ok(record) => {
+                    apply(index, record, now, &mut next_cas);
+                    report.records += 1;
+                }
+                Err(reason) if repair => {
+                    let backup = backup_path(path);
+                    fs::copy(path, &backup)?;
+                    log::warn!(
+                        "{}:{line_number}: {reason}; repaired: kept a backup in {} and truncated the file at this line ({} bytes dropped)",
+                        path.display(),
+                        backup.display(),
+                        file.metadata()?.len() - offset
+                    );
+                    file.set_len(offset)?;
+                    file.sync_all()?;
+                    report.backup = Some(backup);
+                    break;
+                }
+                Err(reason) => {
+                    return Err(LoadError::Corrupt { path: path.to_path_buf(), line: line_number, reason })
+                }
+            }
+        }
+        offset += read as u64;
+    }
+    report.file_len = offset;
+    Ok(report)
+}
+
+/// Lines are `\n`-terminated; a `\r` before it (a file edited on Windows) is tolerated.
+pub fn strip_line_ending(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Comments (`#` first) and blank lines carry no record; people may add them by hand.
+pub fn is_comment_or_blank(line: &[u8]) -> bool {
+    line.first() == Some(&b'#') || line.iter().all(|b| b.is_ascii_whitespace())
+}
+
+fn apply(index: &Index, record: Record, now: u64, next_cas: &mut impl FnMut() -> u64) {
+    match record {
+        Record::Set { key, value, flags, expires_at } => {
+            let item = Item { value: value.into(), flags, expires_at, cas: next_cas() };
+            if item.is_expired(now) {
+                index.remove(&key);
+            } else {
+                index.insert(&key, item);
+            }
+        }
+        Record::Del { key } => {
+            index.remove(&key);
+        }
+        Record::Flush => index.clear(),
+    }
+}
+
+fn backup_path(path: &Path) -> PathBuf {
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{stamp}.bak"));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &[u8], repair: bool) -> (Result<LoadReport, LoadError>, Index, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.txt");
+        fs::write(&path, text).unwrap();
+        let index = Index::default();
+        let mut cas = 0;
+        let result = load(&path, &index, 1000, repair, || {
+            cas += 1;
+            cas
+        });
+        let after = fs::read(&path).unwrap();
+        (result, index, after)
+    }
+
+    #[test]
+    fn replays_sets_deletes_flushes_and_comments() {
+        let text = b"# header\nset a 1\nset b 2\n\ndel a\nset c 3\nflush\nset d 4\nsetmeta e 5 0 five\n";
+        let (report, index, _) = load_text(text, false);
+        let report = report.unwrap();
+        assert_eq!(report.records, 7);
+        assert_eq!(report.file_len, text.len() as u64);
+        assert_eq!(index.keys(b"", 1000).len(), 2);
+        assert_eq!(index.get(b"e", 1000).unwrap().flags, 5);
+    }
+
+    #[test]
+    fn expired_items_are_not_loaded() {
+        let (report, index, _) = load_text(b"setmeta a 0 999 old\nsetmeta b 0 1001 new\n", false);
+        report.unwrap();
+        assert!(index.get(b"a", 1000).is_none());
+        assert!(index.get(b"b", 1000).is_some());
+    }
+
+    #[test]
+    fn a_torn_final_line_is_cut_off() {
+        let (report, index, after) = load_text(b"set a 1\nset b 2", false);
+        let report = report.unwrap();
+        assert_eq!(report.torn_bytes, 7);
+        assert_eq!(after, b"set a 1\n");
+        assert!(index.get(b"b", 1000).is_none());
+    }
+
+    #[test]
+    fn a_bad_middle_line_is_reported_with_its_number() {
+        let (result, _, after) = load_text(b"set a 1\n# note\nset b\nset c 3\n", false);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("db.txt:3: wrong number of arguments"), "{err}");
+        assert_eq!(after, b"set a 1\n# note\nset b\nset c 3\n", "an unrepaired file is left untouched");
+    }
+
+    #[test]
+    fn repair_keeps_a_backup_and_truncates_at_the_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.txt");
+        let original = b"set a 1\nset b \\q\nset c 3\n";
+        fs::write(&path, original).unwrap();
+        let index = Index::default();
+        let report = load(&path, &index, 0, true, || 1).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"set a 1\n");
+        assert_eq!(fs::read(report.backup.unwrap()).unwrap(), original);
+        assert!(index.get(b"a", 0).is_some());
+        assert!(index.get(b"c", 0).is_none());
+    }
+}
