@@ -1,0 +1,111 @@
+//! The line protocol, byte for byte, against the real server.
+
+mod common;
+
+use std::io::Write;
+
+use common::{temp_db, transcript, Server};
+
+#[test]
+fn transcript_of_every_command() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let reply = transcript(
+        server.addr,
+        b"ping\nset k hello world\nGET k\nset k2  spaced \nget k2\nkeys\nkeys k2\ndel k\ndel k\nget k\nflush\nkeys\nquit\nping\n",
+    );
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        "PONG\nSTORED\nVALUE hello world\nSTORED\nVALUE  spaced \nKEY k\nKEY k2\nEND\nKEY k2\nEND\n\
+         DELETED\nNOT_FOUND\nNOT_FOUND\nOK\nEND\n"
+    );
+}
+
+#[test]
+fn crlf_line_endings_are_accepted() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    assert_eq!(transcript(server.addr, b"set a 1\r\nget a\r\n"), b"STORED\nVALUE 1\n");
+}
+
+#[test]
+fn escapes_round_trip_and_get_output_pastes_into_set() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let mut client = server.client();
+    let value: Vec<u8> = (0..=255u8).chain(b"tail\\n".iter().copied()).collect();
+    client.set(b"bin", &value).unwrap();
+    assert_eq!(client.get(b"bin").unwrap().unwrap(), value);
+    let shown = client.request(b"get bin").unwrap().remove(0);
+    let escaped = shown.strip_prefix(b"VALUE ").unwrap();
+    client.request(&[b"set copy ", escaped].concat()).unwrap();
+    assert_eq!(client.get(b"copy").unwrap().unwrap(), value);
+}
+
+#[test]
+fn errors_name_the_problem_and_the_connection_keeps_working() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &["--max-value-bytes", "8", "--max-line-bytes", "400"]);
+    let long_key = "k".repeat(251);
+    let request = format!(
+        "nope\nget\nget a b\nset k\nset {long_key} v\nset k 123456789\nset k 12345678\nset k \\z\nkeys a b\n\
+         set tab\tkey v\nget k\n"
+    );
+    let reply = String::from_utf8(transcript(server.addr, request.as_bytes())).unwrap();
+    assert_eq!(
+        reply,
+        "ERROR unknown command 'nope'\n\
+         ERROR wrong number of arguments, usage: get <key>\n\
+         ERROR wrong number of arguments, usage: get <key>\n\
+         ERROR wrong number of arguments, usage: set <key> <value>\n\
+         ERROR key too long (max 250 bytes)\n\
+         ERROR value too large (max 8 bytes)\n\
+         STORED\n\
+         ERROR bad escape: \\z\n\
+         ERROR wrong number of arguments, usage: keys [<prefix>]\n\
+         ERROR key contains whitespace or control characters\n\
+         VALUE 12345678\n"
+    );
+}
+
+#[test]
+fn an_overlong_line_is_refused_without_buffering_it_and_the_next_line_works() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &["--max-line-bytes", "1024"]);
+    let mut stream = server.raw();
+    stream.write_all(b"set before 1\nset huge ").unwrap();
+    // 4 MiB of one line in pieces: far more than the limit.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..64 {
+        stream.write_all(&chunk).unwrap();
+    }
+    stream.write_all(b"\nget before\n").unwrap();
+    let expected = b"STORED\nERROR line too long (max 1024 bytes)\nVALUE 1\n";
+    assert_eq!(common::read_exact_reply(&mut stream, expected.len()), expected);
+    assert_eq!(server.client().get(b"huge").unwrap(), None);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..2000 {
+        request.extend_from_slice(format!("set key{i} value{i}\nget key{i}\n").as_bytes());
+        expected.extend_from_slice(format!("STORED\nVALUE value{i}\n").as_bytes());
+    }
+    assert_eq!(transcript(server.addr, &request), expected);
+}
+
+#[test]
+fn comment_and_blank_lines_get_no_reply_so_database_files_replay() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let file = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/database.txt")).unwrap();
+    let reply = String::from_utf8(transcript(server.addr, &file)).unwrap();
+    assert!(reply.lines().all(|l| l == "STORED" || l == "DELETED"), "{reply}");
+    let mut client = server.client();
+    assert_eq!(client.get(b"user:2:name").unwrap().unwrap(), b"Grace Brewster Murray Hopper");
+    assert_eq!(client.get(b"motd").unwrap().unwrap(), b"Line one\nLine two");
+}
