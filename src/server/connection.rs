@@ -13,31 +13,35 @@ use std::io::{self, Read, Write};
 
 use crate::protocol::Session;
 
-/// Bytes asked of the socket per read.
+/// Initial input buffer size, and the least free space offered to each read.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Serves one connection until it ends. Generic over the stream so tests can drive a session
 /// with in-memory buffers.
 pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::Result<()> {
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // `input[start..end]` is unprocessed; the buffer is zeroed once, not per read.
+    let mut input: Vec<u8> = vec![0; READ_CHUNK];
+    let (mut start, mut end) = (0, 0);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let filled = input.len();
-        input.resize(filled + READ_CHUNK, 0);
-        let read = stream.read(&mut input[filled..]);
-        input.truncate(filled + *read.as_ref().unwrap_or(&0));
-        let read = match read {
+        if input.len() - end < READ_CHUNK / 4 {
+            if start > 0 {
+                input.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+            }
+            if input.len() - end < READ_CHUNK / 4 {
+                input.resize(input.len() * 2, 0);
+            }
+        }
+        let read = match stream.read(&mut input[end..]) {
+            Ok(0) => return stream.flush(), // end of stream; a partial request is dropped
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if read == 0 {
-            // End of stream: answer nothing more; a partial request is dropped.
-            return stream.flush();
-        }
-        let mut start = 0;
+        end += read;
         loop {
-            let progress = session.process(&input[start..], &mut out);
+            let progress = session.process(&input[start..end], &mut out);
             start += progress.consumed;
             if !out.is_empty() {
                 stream.write_all(&out)?;
@@ -46,14 +50,16 @@ pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::
             if progress.close {
                 return stream.flush();
             }
-            if progress.consumed == 0 || start == input.len() {
+            if progress.consumed == 0 || start == end {
                 break;
             }
         }
-        input.drain(..start);
-        if input.capacity() > 4 * READ_CHUNK && input.len() < READ_CHUNK {
-            // Give back the memory of a large request once it is done.
-            input.shrink_to(READ_CHUNK);
+        if start == end {
+            (start, end) = (0, 0);
+            if input.len() > 4 * READ_CHUNK {
+                // Give back the memory of a large request once it is done.
+                input = vec![0; READ_CHUNK];
+            }
         }
     }
 }

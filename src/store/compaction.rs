@@ -115,7 +115,12 @@ impl Compaction {
             snapshot.file.write_all_at(&self.tail, snapshot.len)?;
             snapshot.file.sync_data()?;
             fs::rename(&temp, path)?;
-            sync_dir(path)?;
+            // From here on the new file *is* the log, so the writer must switch to it even if
+            // the directory fsync fails (the rename may then not survive a power loss, but
+            // either file holds every acknowledged write).
+            if let Err(e) = sync_dir(path) {
+                log::error!("fsync of the directory of {} failed after compaction: {e}", path.display());
+            }
             Ok(Installed {
                 file: snapshot.file,
                 len: snapshot.len + self.tail.len() as u64,

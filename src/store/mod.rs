@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use index::Index;
@@ -251,6 +251,8 @@ pub struct StoreStats {
 pub(crate) struct Shared {
     index: Index,
     counters: Counters,
+    /// Cleared when the writer thread exits, even by panic, so no caller waits forever.
+    writer_alive: AtomicBool,
 }
 
 /// The engine. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -307,7 +309,8 @@ impl Store {
         let load_millis = started.elapsed().as_millis() as u64;
 
         let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
-        let shared = Arc::new(Shared { index, counters: Counters::default() });
+        let shared =
+            Arc::new(Shared { index, counters: Counters::default(), writer_alive: AtomicBool::new(true) });
         let live = shared.index.len() as u64;
         shared.counters.live_keys.store(live, Ordering::Relaxed);
         shared.counters.records.store(report.records, Ordering::Relaxed);
@@ -350,8 +353,19 @@ impl Store {
             self.tx
                 .send(writer::Msg::Write { op, reply: reply_tx.clone() })
                 .map_err(|_| StoreError::Closed)?;
-            reply_rx.recv().map_err(|_| StoreError::Closed)?
+            self.wait_for(reply_rx)
         })
+    }
+
+    /// Waits for the writer's answer; gives up if the writer is gone (it cannot answer then).
+    fn wait_for<T>(&self, reply: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+        loop {
+            match reply.recv_timeout(Duration::from_secs(1)) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) if self.shared.writer_alive.load(Ordering::SeqCst) => continue,
+                Err(_) => return Err(StoreError::Closed),
+            }
+        }
     }
 
     /// Stores `value` under `key` unconditionally, with no flags or expiry.
@@ -377,7 +391,7 @@ impl Store {
     pub fn compact(&self) -> Result<(), StoreError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         self.tx.send(writer::Msg::Compact { reply: Some(reply_tx) }).map_err(|_| StoreError::Closed)?;
-        reply_rx.recv().map_err(|_| StoreError::Closed)?
+        self.wait_for(&reply_rx)
     }
 
     pub fn stats(&self) -> StoreStats {

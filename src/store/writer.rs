@@ -148,6 +148,14 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self) {
+        /// Marks the writer gone however `run` ends, panics included.
+        struct Alive(Arc<Shared>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.writer_alive.store(false, Ordering::SeqCst);
+            }
+        }
+        let _alive = Alive(Arc::clone(&self.shared));
         let mut writes: Vec<(WriteOp, Sender<Reply>)> = Vec::new();
         loop {
             if self.stopping && self.compaction.is_none() {
