@@ -144,24 +144,35 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
     }
 }
 
+/// Pipelined writes gathered before they are submitted together: enough to share fsyncs,
+/// few enough to bound memory (values can be large).
+const MAX_PENDING_WRITES: usize = 1024;
+const MAX_PENDING_BYTES: usize = 4 << 20;
+
 /// Line-protocol state of one connection.
 pub struct LineSession {
     ctx: Arc<Context>,
     /// Inside a line that was too long: drop bytes up to the next newline.
     skipping: bool,
+    /// Consecutive writes of the current input, not yet submitted. Replies keep request order
+    /// because these are flushed before any other request is answered.
+    pending: Vec<WriteOp>,
+    pending_bytes: usize,
 }
 
 impl LineSession {
     pub fn new(ctx: Arc<Context>) -> Self {
-        LineSession { ctx, skipping: false }
+        LineSession { ctx, skipping: false, pending: Vec::new(), pending_bytes: 0 }
     }
 
-    /// Runs one line, appending its reply. Returns false when the connection should close.
-    fn execute(&self, line: &[u8], out: &mut Vec<u8>) -> bool {
+    /// Runs one line, appending its reply (or queueing it, for a write). Returns false when
+    /// the connection should close.
+    fn execute(&mut self, line: &[u8], out: &mut Vec<u8>) -> bool {
         let request = match parse(line, self.ctx.limits.max_value_bytes) {
             Ok(Request::Nothing) => return true,
             Ok(request) => request,
             Err(e) => {
+                self.flush_writes(out);
                 error_reply(&e, out);
                 return true;
             }
@@ -170,9 +181,25 @@ impl LineSession {
         if log::log_enabled!(log::Level::Debug) {
             log::debug!("line request: {}", String::from_utf8_lossy(&line[..line.len().min(80)]));
         }
+        if let Request::Write(record) = request {
+            let op = match record {
+                Record::Set { key, value, flags, expires_at } => {
+                    self.pending_bytes += key.len() + value.len();
+                    WriteOp::Store { key, value, flags, expires_at, mode: StoreMode::Set }
+                }
+                Record::Del { key } => WriteOp::Delete { key, cas: None },
+                Record::Flush => WriteOp::Flush,
+            };
+            self.pending.push(op);
+            if self.pending.len() >= MAX_PENDING_WRITES || self.pending_bytes >= MAX_PENDING_BYTES {
+                self.flush_writes(out);
+            }
+            return true;
+        }
+        self.flush_writes(out);
         let store = &self.ctx.store;
         match request {
-            Request::Nothing => {}
+            Request::Nothing | Request::Write(_) => {}
             Request::Get(key) => store.with_item(key, |item| match item {
                 Some(item) => {
                     out.extend_from_slice(b"VALUE ");
@@ -181,34 +208,6 @@ impl LineSession {
                 }
                 None => out.extend_from_slice(b"NOT_FOUND\n"),
             }),
-            Request::Write(record) => {
-                let op = match record {
-                    Record::Set { key, value, flags, expires_at } => {
-                        WriteOp::Store { key, value, flags, expires_at, mode: StoreMode::Set }
-                    }
-                    Record::Del { key } => WriteOp::Delete { key, cas: None },
-                    Record::Flush => WriteOp::Flush,
-                };
-                let reply: &[u8] = match store.write(op) {
-                    Ok(WriteOutcome::Stored { .. }) => b"STORED\n",
-                    Ok(WriteOutcome::Deleted) => b"DELETED\n",
-                    Ok(WriteOutcome::NotFound) => b"NOT_FOUND\n",
-                    Ok(WriteOutcome::Flushed) => b"OK\n",
-                    Ok(WriteOutcome::TooLarge) => {
-                        error_reply(&LineError::ValueTooLarge(self.ctx.limits.max_value_bytes), out);
-                        return true;
-                    }
-                    Ok(other) => {
-                        log::error!("unexpected outcome {other:?} for a line-protocol write");
-                        b"ERROR internal error\n"
-                    }
-                    Err(e) => {
-                        store_error_reply(&e, out);
-                        return true;
-                    }
-                };
-                out.extend_from_slice(reply);
-            }
             Request::Keys(prefix) => {
                 for key in store.keys(prefix) {
                     out.extend_from_slice(b"KEY ");
@@ -233,6 +232,35 @@ impl LineSession {
             Request::Quit => return false,
         }
         true
+    }
+
+    /// Submits the queued writes together and appends their replies in order.
+    fn flush_writes(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        for result in self.ctx.store.write_many(self.pending.drain(..)) {
+            let reply: &[u8] = match result {
+                Ok(WriteOutcome::Stored { .. }) => b"STORED\n",
+                Ok(WriteOutcome::Deleted) => b"DELETED\n",
+                Ok(WriteOutcome::NotFound) => b"NOT_FOUND\n",
+                Ok(WriteOutcome::Flushed) => b"OK\n",
+                Ok(WriteOutcome::TooLarge) => {
+                    error_reply(&LineError::ValueTooLarge(self.ctx.limits.max_value_bytes), out);
+                    continue;
+                }
+                Ok(other) => {
+                    log::error!("unexpected outcome {other:?} for a line-protocol write");
+                    b"ERROR internal error\n"
+                }
+                Err(e) => {
+                    store_error_reply(&e, out);
+                    continue;
+                }
+            };
+            out.extend_from_slice(reply);
+        }
     }
 
     fn write_stats(&self, out: &mut Vec<u8>) {
@@ -285,6 +313,7 @@ impl Session for LineSession {
                 // No whole line yet. Past the limit, answer now and drop the line's bytes as
                 // they come instead of buffering them.
                 if rest.len() > max_line {
+                    self.flush_writes(out);
                     if !self.skipping {
                         error_reply(&LineError::LineTooLong(max_line), out);
                         self.skipping = true;
@@ -300,6 +329,7 @@ impl Session for LineSession {
                 continue;
             }
             if line.len() > max_line {
+                self.flush_writes(out);
                 error_reply(&LineError::LineTooLong(max_line), out);
                 continue;
             }
@@ -307,6 +337,7 @@ impl Session for LineSession {
                 return Progress { consumed, close: true };
             }
         }
+        self.flush_writes(out);
         Progress { consumed, close: false }
     }
 }

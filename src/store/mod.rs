@@ -357,6 +357,36 @@ impl Store {
         })
     }
 
+    /// Carries out several writes in order and returns their outcomes in the same order, once
+    /// all are durable. They are submitted together, so they usually share one batch and one
+    /// fsync: this is what makes a pipelined stream of writes from one client fast.
+    pub fn write_many(
+        &self,
+        ops: impl IntoIterator<Item = WriteOp>,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        writer::REPLY.with(|(reply_tx, reply_rx)| {
+            let mut outcomes = Vec::new();
+            let mut submitted = 0;
+            for op in ops {
+                match self.tx.send(writer::Msg::Write { op, reply: reply_tx.clone() }) {
+                    Ok(()) => submitted += 1,
+                    Err(_) => outcomes.push(Err(StoreError::Closed)),
+                }
+            }
+            let mut results = Vec::with_capacity(submitted + outcomes.len());
+            for _ in 0..submitted {
+                // Once the writer is gone no later answer can come: don't wait for each.
+                let result = match results.last() {
+                    Some(Err(StoreError::Closed)) => Err(StoreError::Closed),
+                    _ => self.wait_for(reply_rx),
+                };
+                results.push(result);
+            }
+            results.append(&mut outcomes);
+            results
+        })
+    }
+
     /// Waits for the writer's answer; gives up if the writer is gone (it cannot answer then).
     fn wait_for<T>(&self, reply: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
         loop {

@@ -35,8 +35,9 @@ use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, W
 type Reply = Result<WriteOutcome, StoreError>;
 
 thread_local! {
-    /// Each caller thread reuses one reply channel instead of allocating one per write.
-    pub(crate) static REPLY: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
+    /// Each caller thread reuses one reply channel instead of allocating one per write. The
+    /// writer answers in submission order, so several writes may be in flight on it at once.
+    pub(crate) static REPLY: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::unbounded();
 }
 
 /// Most writes taken into one batch; bounds the batch buffer and the time to the first ack.
