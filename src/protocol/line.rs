@@ -203,7 +203,7 @@ impl LineSession {
             Request::Get(key) => store.with_item(key, |item| match item {
                 Some(item) => {
                     out.extend_from_slice(b"VALUE ");
-                    escape_into(&item.value, out);
+                    escape_into(item.value, out);
                     out.push(b'\n');
                 }
                 None => out.extend_from_slice(b"NOT_FOUND\n"),

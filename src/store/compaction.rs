@@ -153,7 +153,7 @@ fn write_snapshot(temp: &Path, shared: &Shared) -> io::Result<Snapshot> {
             return;
         }
         line.clear();
-        encode_set(key, &item.value, item.flags, item.expires_at, &mut line);
+        encode_set(key, item.value, item.flags, item.expires_at, &mut line);
         result = out.write_all(&line);
         len += line.len() as u64;
         records += 1;

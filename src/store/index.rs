@@ -1,20 +1,31 @@
 //! The exact-match in-memory index: key → item.
 //!
+//! Memory per item is what decides how many keys fit in a machine, so each item is one heap
+//! allocation holding a small header, the key and the value:
+//!
+//! ```text
+//! [tag: u8][key length: u8][cas: u64][flags: u32, if tag & HAS_FLAGS][expiry: u32, if tag & HAS_EXPIRY][key][value]
+//! ```
+//!
+//! Flags and expiry are stored only when they are not zero, which they are for every item
+//! written through the line protocol. The table holds just that boxed slice (16 bytes per
+//! slot), in a `hashbrown::HashTable` so a key is hashed once for both the shard and the slot.
+//! Expiry is stored in 32 bits (Unix seconds, good until 2106); later times are clamped.
+//!
 //! The index is split into shards, each behind its own `parking_lot::RwLock`, so readers on
 //! different keys never contend and the writer thread only blocks the one shard it is
-//! updating. Readers never touch the writer's channel or the file: a `get` is a hash, a read
-//! lock and a copy of the value.
+//! updating. Readers never touch the writer's channel or the file.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
 use parking_lot::RwLock;
 
 /// Number of shards; a power of two so the shard is picked with a mask.
 const SHARDS: usize = 64;
 
-/// One stored item.
+/// One stored item, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub value: Box<[u8]>,
@@ -26,16 +37,109 @@ pub struct Item {
     pub cas: u64,
 }
 
+/// One stored item, borrowed from the index (see [`Index::with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemRef<'a> {
+    pub value: &'a [u8],
+    pub flags: u32,
+    pub expires_at: u64,
+    pub cas: u64,
+}
+
 impl Item {
     /// Is the item past its expiry time at `now` (Unix seconds)?
     pub fn is_expired(&self, now: u64) -> bool {
-        self.expires_at != 0 && self.expires_at <= now
+        is_expired(self.expires_at, now)
+    }
+
+    pub fn as_ref(&self) -> ItemRef<'_> {
+        ItemRef { value: &self.value, flags: self.flags, expires_at: self.expires_at, cas: self.cas }
     }
 }
 
-type Shard = RwLock<HashMap<Box<[u8]>, Item>>;
+impl ItemRef<'_> {
+    pub fn to_item(&self) -> Item {
+        Item { value: self.value.into(), flags: self.flags, expires_at: self.expires_at, cas: self.cas }
+    }
+}
 
-/// The sharded map. Expired items stay until overwritten, deleted or compacted away, but
+fn is_expired(expires_at: u64, now: u64) -> bool {
+    expires_at != 0 && expires_at <= now
+}
+
+const HAS_FLAGS: u8 = 1;
+const HAS_EXPIRY: u8 = 2;
+const FIXED_HEADER: usize = 10;
+
+/// An item in its single allocation.
+struct Entry(Box<[u8]>);
+
+impl Entry {
+    fn new(key: &[u8], item: ItemRef<'_>) -> Entry {
+        debug_assert!(!key.is_empty() && key.len() <= u8::MAX as usize);
+        let expires_at = u32::try_from(item.expires_at).unwrap_or(u32::MAX);
+        let tag = if item.flags != 0 { HAS_FLAGS } else { 0 } | if expires_at != 0 { HAS_EXPIRY } else { 0 };
+        let mut bytes = Vec::with_capacity(Entry::header_len(tag) + key.len() + item.value.len());
+        bytes.push(tag);
+        bytes.push(key.len() as u8);
+        bytes.extend_from_slice(&item.cas.to_le_bytes());
+        if tag & HAS_FLAGS != 0 {
+            bytes.extend_from_slice(&item.flags.to_le_bytes());
+        }
+        if tag & HAS_EXPIRY != 0 {
+            bytes.extend_from_slice(&expires_at.to_le_bytes());
+        }
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(item.value);
+        Entry(bytes.into_boxed_slice())
+    }
+
+    fn header_len(tag: u8) -> usize {
+        FIXED_HEADER + 4 * usize::from(tag & HAS_FLAGS != 0) + 4 * usize::from(tag & HAS_EXPIRY != 0)
+    }
+
+    fn tag(&self) -> u8 {
+        self.0[0]
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+
+    fn key(&self) -> &[u8] {
+        let start = Entry::header_len(self.tag());
+        &self.0[start..start + self.0[1] as usize]
+    }
+
+    fn expires_at(&self) -> u64 {
+        match self.tag() {
+            tag if tag & HAS_EXPIRY != 0 => {
+                u64::from(self.u32_at(FIXED_HEADER + 4 * usize::from(tag & HAS_FLAGS)))
+            }
+            _ => 0,
+        }
+    }
+
+    fn item(&self) -> ItemRef<'_> {
+        let tag = self.tag();
+        let mut cas = [0; 8];
+        cas.copy_from_slice(&self.0[2..10]);
+        ItemRef {
+            value: &self.0[Entry::header_len(tag) + self.0[1] as usize..],
+            flags: if tag & HAS_FLAGS != 0 { self.u32_at(FIXED_HEADER) } else { 0 },
+            expires_at: self.expires_at(),
+            cas: u64::from_le_bytes(cas),
+        }
+    }
+
+    fn is_live(&self, now: u64) -> bool {
+        !is_expired(self.expires_at(), now)
+    }
+}
+
+type Shard = RwLock<HashTable<Entry>>;
+
+/// The sharded table. Expired items stay until overwritten, deleted or compacted away, but
 /// every lookup that takes `now` treats them as absent.
 pub struct Index {
     hasher: RandomState,
@@ -46,50 +150,70 @@ impl Default for Index {
     fn default() -> Self {
         Index {
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
         }
     }
 }
 
 impl Index {
-    fn shard(&self, key: &[u8]) -> &Shard {
-        let hash = self.hasher.hash_one(key) as usize;
-        &self.shards[hash & (SHARDS - 1)]
+    /// The key's hash, and its shard (picked from the high bits, which the table itself uses
+    /// least).
+    fn locate(&self, key: &[u8]) -> (u64, &Shard) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> 58) as usize & (SHARDS - 1)])
     }
 
-    /// The live item under `key`, if any.
+    fn rehash(&self) -> impl Fn(&Entry) -> u64 + '_ {
+        move |entry| self.hasher.hash_one(entry.key())
+    }
+
+    /// The live item under `key`, copied.
     pub fn get(&self, key: &[u8], now: u64) -> Option<Item> {
-        self.shard(key).read().get(key).filter(|item| !item.is_expired(now)).cloned()
+        self.with(key, now, |item| item.map(|item| item.to_item()))
     }
 
     /// Calls `f` with the live item under `key` without copying it, under the shard's read
     /// lock (keep `f` short).
-    pub fn with<R>(&self, key: &[u8], now: u64, f: impl FnOnce(Option<&Item>) -> R) -> R {
-        let shard = self.shard(key).read();
-        f(shard.get(key).filter(|item| !item.is_expired(now)))
+    pub fn with<R>(&self, key: &[u8], now: u64, f: impl FnOnce(Option<ItemRef<'_>>) -> R) -> R {
+        let (hash, shard) = self.locate(key);
+        let shard = shard.read();
+        f(shard.find(hash, |e| e.key() == key).filter(|e| e.is_live(now)).map(Entry::item))
     }
 
-    /// Stores `item`, returning what it replaced (expired or not).
-    pub fn insert(&self, key: &[u8], item: Item) -> Option<Item> {
-        let mut shard = self.shard(key).write();
-        match shard.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, item)),
-            None => {
-                shard.insert(key.into(), item);
-                None
+    /// Stores `item` under `key`. Returns whether the key held an entry before (expired or not).
+    pub fn insert(&self, key: &[u8], item: ItemRef<'_>) -> bool {
+        let entry = Entry::new(key, item);
+        let (hash, shard) = self.locate(key);
+        let mut shard = shard.write();
+        match shard.entry(hash, |e| e.key() == key, self.rehash()) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                *slot.get_mut() = entry;
+                true
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                false
             }
         }
     }
 
-    /// Removes `key`, returning what it held (expired or not).
-    pub fn remove(&self, key: &[u8]) -> Option<Item> {
-        self.shard(key).write().remove(key)
+    /// Removes `key`. Returns whether it held an entry (expired or not).
+    pub fn remove(&self, key: &[u8]) -> bool {
+        let (hash, shard) = self.locate(key);
+        let mut shard = shard.write();
+        match shard.find_entry(hash, |e| e.key() == key) {
+            Ok(slot) => {
+                slot.remove();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Removes every item.
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            *shard.write() = HashMap::new();
+            *shard.write() = HashTable::new();
         }
     }
 
@@ -110,8 +234,8 @@ impl Index {
             keys.extend(
                 shard
                     .iter()
-                    .filter(|(k, item)| k.starts_with(prefix) && !item.is_expired(now))
-                    .map(|(k, _)| k.clone()),
+                    .filter(|e| e.key().starts_with(prefix) && e.is_live(now))
+                    .map(|e| e.key().into()),
             );
         }
         keys.sort_unstable();
@@ -121,11 +245,11 @@ impl Index {
     /// Visits every live item one shard at a time, holding only that shard's read lock while
     /// `visit` runs for its items. Used by compaction, so the writer is held up for at most one
     /// shard's worth of work.
-    pub fn for_each_shard(&self, now: u64, mut visit: impl FnMut(&[u8], &Item)) {
+    pub fn for_each_shard(&self, now: u64, mut visit: impl FnMut(&[u8], ItemRef<'_>)) {
         for shard in self.shards.iter() {
             let shard = shard.read();
-            for (key, item) in shard.iter().filter(|(_, item)| !item.is_expired(now)) {
-                visit(key, item);
+            for entry in shard.iter().filter(|e| e.is_live(now)) {
+                visit(entry.key(), entry.item());
             }
         }
     }
@@ -134,6 +258,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn item(value: &[u8], expires_at: u64) -> Item {
         Item { value: value.into(), flags: 0, expires_at, cas: 1 }
@@ -142,8 +267,8 @@ mod tests {
     #[test]
     fn expired_items_are_invisible() {
         let index = Index::default();
-        index.insert(b"a", item(b"1", 100));
-        index.insert(b"b", item(b"2", 0));
+        index.insert(b"a", item(b"1", 100).as_ref());
+        index.insert(b"b", item(b"2", 0).as_ref());
         assert_eq!(index.get(b"a", 99).map(|i| i.value), Some(b"1"[..].into()));
         assert_eq!(index.get(b"a", 100), None);
         assert_eq!(index.keys(b"", 100), vec![Box::from(&b"b"[..])]);
@@ -153,9 +278,43 @@ mod tests {
     fn keys_are_sorted_and_filtered_by_prefix() {
         let index = Index::default();
         for k in ["user:2", "user:1", "order:1", "user:10"] {
-            index.insert(k.as_bytes(), item(b"x", 0));
+            index.insert(k.as_bytes(), item(b"x", 0).as_ref());
         }
         let keys: Vec<_> = index.keys(b"user:", 0).into_iter().map(|k| k.to_vec()).collect();
         assert_eq!(keys, vec![b"user:1".to_vec(), b"user:10".to_vec(), b"user:2".to_vec()]);
+    }
+
+    #[test]
+    fn insert_and_remove_report_what_was_there() {
+        let index = Index::default();
+        assert!(!index.insert(b"k", item(b"1", 0).as_ref()));
+        assert!(index.insert(b"k", item(b"2", 0).as_ref()));
+        assert_eq!(index.len(), 1);
+        assert!(index.remove(b"k"));
+        assert!(!index.remove(b"k"));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn expiry_past_2106_is_clamped_not_wrapped() {
+        let index = Index::default();
+        index.insert(b"k", item(b"v", u64::MAX).as_ref());
+        assert_eq!(index.get(b"k", 0).unwrap().expires_at, u64::from(u32::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn entries_round_trip_every_field(
+            key in proptest::collection::vec(any::<u8>(), 1..=250),
+            value in proptest::collection::vec(any::<u8>(), 0..100),
+            flags in any::<u32>(),
+            expires_at in any::<u32>(),
+            cas in any::<u64>(),
+        ) {
+            let item = Item { value: value.into(), flags, expires_at: u64::from(expires_at), cas };
+            let entry = Entry::new(&key, item.as_ref());
+            prop_assert_eq!(entry.key(), &key[..]);
+            prop_assert_eq!(entry.item(), item.as_ref());
+        }
     }
 }

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use index::Index;
-pub use index::Item;
+pub use index::{Item, ItemRef};
 pub use recovery::LoadError;
 
 /// When a write is made durable before it is acknowledged.
@@ -338,7 +338,7 @@ impl Store {
 
     /// Runs `f` on the live item under `key` without copying its value (`f` runs under a
     /// read lock: keep it short, e.g. copy the value into a reply buffer).
-    pub fn with_item<R>(&self, key: &[u8], f: impl FnOnce(Option<&Item>) -> R) -> R {
+    pub fn with_item<R>(&self, key: &[u8], f: impl FnOnce(Option<ItemRef<'_>>) -> R) -> R {
         self.shared.index.with(key, unix_now(), f)
     }
 

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::format::{FormatError, Record};
-use super::index::{Index, Item};
+use super::index::{Index, ItemRef};
 
 /// What loading found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -136,8 +136,8 @@ pub fn is_comment_or_blank(line: &[u8]) -> bool {
 fn apply(index: &Index, record: Record, now: u64, next_cas: &mut impl FnMut() -> u64) {
     match record {
         Record::Set { key, value, flags, expires_at } => {
-            let item = Item { value: value.into(), flags, expires_at, cas: next_cas() };
-            if item.is_expired(now) {
+            let item = ItemRef { value: &value, flags, expires_at, cas: next_cas() };
+            if expires_at != 0 && expires_at <= now {
                 index.remove(&key);
             } else {
                 index.insert(&key, item);

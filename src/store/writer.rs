@@ -353,12 +353,12 @@ impl Writer {
         let index = &self.shared.index;
         match effect {
             Effect::Set(key, item) => {
-                if index.insert(&key, item).is_none() {
+                if !index.insert(&key, item.as_ref()) {
                     self.live_keys += 1;
                 }
             }
             Effect::Del(key) => {
-                if index.remove(&key).is_some() {
+                if index.remove(&key) {
                     self.live_keys -= 1;
                 }
             }
