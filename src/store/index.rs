@@ -10,16 +10,18 @@
 //! Flags and expiry are stored only when they are not zero, which they are for every item
 //! written through the line protocol. The table holds just that boxed slice (16 bytes per
 //! slot), in a `hashbrown::HashTable` so a key is hashed once for both the shard and the slot.
+//! The hash is hashbrown's default (foldhash), seeded randomly per process: several times
+//! faster than SipHash on short keys, while keys chosen by a client still cannot be made to
+//! collide without knowing the seed.
 //! Expiry is stored in 32 bits (Unix seconds, good until 2106); later times are clamped.
 //!
 //! The index is split into shards, each behind its own `parking_lot::RwLock`, so readers on
 //! different keys never contend and the writer thread only blocks the one shard it is
 //! updating. Readers never touch the writer's channel or the file.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::RwLock;
 
 /// Number of shards; a power of two so the shard is picked with a mask.
@@ -142,14 +144,14 @@ type Shard = RwLock<HashTable<Entry>>;
 /// The sharded table. Expired items stay until overwritten, deleted or compacted away, but
 /// every lookup that takes `now` treats them as absent.
 pub struct Index {
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
     shards: Box<[Shard]>,
 }
 
 impl Default for Index {
     fn default() -> Self {
         Index {
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
         }
     }

@@ -298,12 +298,12 @@ impl Store {
 
         let started = Instant::now();
         let index = Index::default();
-        // Items loaded from the log get small CAS uniques; live writes get clock-based ones,
-        // which are far larger, so a CAS handed out before a restart is never reissued.
-        let mut loaded_cas = 0u64;
+        // CAS uniques come from one clock-driven counter (see `writer`): loaded items continue
+        // it from the current time, so no unique handed out before this start is reissued.
+        let mut last_cas = writer::now_micros();
         let report = recovery::load(&path, &index, unix_now(), config.repair, || {
-            loaded_cas += 1;
-            loaded_cas
+            last_cas += 1;
+            last_cas
         })
         .map_err(OpenError::Load)?;
         let load_millis = started.elapsed().as_millis() as u64;
@@ -317,8 +317,16 @@ impl Store {
         shared.counters.file_bytes.store(report.file_len, Ordering::Relaxed);
 
         let (tx, rx): (Sender<writer::Msg>, Receiver<writer::Msg>) = crossbeam_channel::unbounded();
-        let writer = writer::Writer::new(&config, file, report.file_len, Arc::clone(&shared), tx.clone(), rx)
-            .map_err(io_err)?;
+        let writer = writer::Writer::new(
+            &config,
+            file,
+            report.file_len,
+            last_cas,
+            Arc::clone(&shared),
+            tx.clone(),
+            rx,
+        )
+        .map_err(io_err)?;
         let handle =
             std::thread::Builder::new().name("writer".into()).spawn(move || writer.run()).map_err(io_err)?;
         Ok(Store {

@@ -14,7 +14,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use super::format::{FormatError, Record};
+use super::format::{FormatError, RecordRef};
 use super::index::{Index, ItemRef};
 
 /// What loading found.
@@ -92,7 +92,7 @@ pub fn load(
         }
         let content = strip_line_ending(&line);
         if !is_comment_or_blank(content) {
-            match Record::parse(content) {
+            match RecordRef::parse(content) {
                 Ok(record) => {
                     apply(index, record, now, &mut next_cas);
                     report.records += 1;
@@ -133,20 +133,19 @@ pub fn is_comment_or_blank(line: &[u8]) -> bool {
     line.first() == Some(&b'#') || line.iter().all(|b| b.is_ascii_whitespace())
 }
 
-fn apply(index: &Index, record: Record, now: u64, next_cas: &mut impl FnMut() -> u64) {
+fn apply(index: &Index, record: RecordRef<'_>, now: u64, next_cas: &mut impl FnMut() -> u64) {
     match record {
-        Record::Set { key, value, flags, expires_at } => {
-            let item = ItemRef { value: &value, flags, expires_at, cas: next_cas() };
+        RecordRef::Set { key, value, flags, expires_at } => {
             if expires_at != 0 && expires_at <= now {
-                index.remove(&key);
+                index.remove(key);
             } else {
-                index.insert(&key, item);
+                index.insert(key, ItemRef { value: &value, flags, expires_at, cas: next_cas() });
             }
         }
-        Record::Del { key } => {
-            index.remove(&key);
+        RecordRef::Del { key } => {
+            index.remove(key);
         }
-        Record::Flush => index.clear(),
+        RecordRef::Flush => index.clear(),
     }
 }
 

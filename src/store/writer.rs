@@ -12,8 +12,9 @@
 //! the index. If even the truncation fails, every later batch first retries it, so a half
 //! record can never end up in the middle of the log.
 //!
-//! CAS uniques come from a hybrid clock: `max(now in µs, last + 1)`, so they keep growing
-//! across restarts without being stored.
+//! CAS uniques come from a hybrid clock: `max(now in µs, last + 1)`, continued from the
+//! uniques given to the items loaded at start-up, so they keep growing across restarts
+//! without being stored (unless the wall clock steps back by more than the server's uptime).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -106,7 +107,7 @@ pub(crate) fn garbage_ratio(records: u64, live: u64) -> f64 {
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
@@ -115,6 +116,7 @@ impl Writer {
         config: &StoreConfig,
         file: File,
         file_len: u64,
+        last_cas: u64,
         shared: Arc<Shared>,
         tx: Sender<Msg>,
         rx: Receiver<Msg>,
@@ -136,7 +138,7 @@ impl Writer {
             max_value_bytes: config.max_value_bytes,
             compact_min_bytes: config.compact_min_bytes,
             compact_garbage_ratio: config.compact_garbage_ratio,
-            last_cas: 0,
+            last_cas,
             records: counters.records.load(Ordering::Relaxed),
             live_keys: counters.live_keys.load(Ordering::Relaxed),
             shared,
