@@ -159,9 +159,9 @@ impl<'a> MetaFlags<'a> {
     }
 
     /// Appends `VA <size> <flags>\r\n<data>\r\n`, with `extra` (` W`) after the flags.
-    fn value_reply(&self, key: &[u8], item: &Item, extra: &str, out: &mut Vec<u8>) {
+    fn value_reply(&self, key: &[u8], item: &Item, extra: &str, now: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(format!("VA {}", item.value.len()).as_bytes());
-        self.write_returns(key, Some(item), unix_now(), out);
+        self.write_returns(key, Some(item), now, out);
         out.extend_from_slice(extra.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&item.value);
@@ -218,7 +218,7 @@ impl Executor<'_> {
             Some(item) => {
                 ServerStats::bump(&c.get_hits);
                 if flags.value {
-                    flags.value_reply(key, &item, extra, out);
+                    flags.value_reply(key, &item, extra, now, out);
                 } else {
                     out.extend_from_slice(b"HD");
                     flags.write_returns(key, Some(&item), now, out);
@@ -333,7 +333,7 @@ impl Executor<'_> {
                     Item { value: value.to_string().into_bytes().into(), flags: 0, expires_at: expires, cas };
                 // Quiet mode hides a successful ma's reply, value included.
                 if flags.value && !flags.quiet {
-                    flags.value_reply(key, &item, "", out);
+                    flags.value_reply(key, &item, "", now, out);
                 } else {
                     flags.status("HD", true, key, Some(&item), out);
                 }
