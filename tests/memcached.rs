@@ -409,3 +409,30 @@ fn the_memcache_crate_works_unchanged() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_full_disk_is_a_server_error_and_the_connection_goes_on() {
+    use std::os::unix::process::CommandExt;
+    let (_dir, db) = temp_db();
+    let mut command = Server::command(&db, &["--memcached", "127.0.0.1:0"]);
+    // A 64 KiB file size limit stands in for a full disk: the append fails with EFBIG.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 64 * 1024, rlim_max: 64 * 1024 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let server = Server::start_command(command, &db).unwrap_or_else(|e| panic!("{}", e.log));
+    let addr = server.listener("memcached");
+    let mut request = b"set big 0 0 100000\r\n".to_vec();
+    request.extend_from_slice(&[b'x'; 100_000]);
+    request.extend_from_slice(b"\r\nset small 0 0 2\r\nok\r\nget big small\r\n");
+    assert_eq!(
+        text(transcript(addr, &request)),
+        "SERVER_ERROR out of disk space\r\nSTORED\r\nVALUE small 0 2\r\nok\r\nEND\r\n"
+    );
+}
