@@ -41,8 +41,8 @@ impl StoreKind {
     }
 }
 
-/// The keys of a retrieval command, already validated, kept as the line's tokens so a
-/// 10,000-key `get` costs no allocation.
+/// The keys of a retrieval command, already validated; they are read from the line itself
+/// when the reply is built, so a 10,000-key `get` copies no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys<'a>(&'a [u8]);
 
