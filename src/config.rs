@@ -23,6 +23,12 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
 
+    /// Also serve memcached's ASCII protocol on this address (off unless given), over the same
+    /// database and connection cap, so memcached clients and proxies such as twemproxy work
+    /// unchanged. Example: 127.0.0.1:11211. See docs/memcached.md.
+    #[arg(long, value_name = "ADDR")]
+    pub memcached: Option<SocketAddr>,
+
     /// When writes are made durable: `always` fsyncs every batch before acknowledging it;
     /// `everysec` acknowledges after write(2) and fsyncs about once a second; `never` leaves
     /// flushing to the OS. See README "Durability".

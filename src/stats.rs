@@ -12,6 +12,33 @@ pub struct ServerStats {
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
     pub commands: AtomicU64,
+    /// memcached's per-command counters, reported by the memcached listener's `stats`.
+    pub cache: CacheCounters,
+}
+
+/// The counters memcached's `stats` reports, with memcached's names and meanings: `cmd_get`
+/// counts keys asked for, `cas_badval` CAS mismatches, and so on.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub cmd_get: AtomicU64,
+    pub cmd_set: AtomicU64,
+    pub cmd_flush: AtomicU64,
+    pub cmd_touch: AtomicU64,
+    pub cmd_meta: AtomicU64,
+    pub get_hits: AtomicU64,
+    pub get_misses: AtomicU64,
+    pub delete_hits: AtomicU64,
+    pub delete_misses: AtomicU64,
+    pub incr_hits: AtomicU64,
+    pub incr_misses: AtomicU64,
+    pub decr_hits: AtomicU64,
+    pub decr_misses: AtomicU64,
+    pub cas_hits: AtomicU64,
+    pub cas_misses: AtomicU64,
+    pub cas_badval: AtomicU64,
+    pub touch_hits: AtomicU64,
+    pub touch_misses: AtomicU64,
+    pub store_too_large: AtomicU64,
 }
 
 impl Default for ServerStats {
@@ -22,6 +49,7 @@ impl Default for ServerStats {
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            cache: CacheCounters::default(),
         }
     }
 }

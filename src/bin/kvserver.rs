@@ -1,6 +1,6 @@
 //! `kvserver`: parse the command line, open the database, serve until SIGINT/SIGTERM.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -46,13 +46,9 @@ fn run(config: &Config) -> Result<(), String> {
         stats.load_millis,
         config.fsync
     );
-    let listener =
-        TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    if !config.listen.ip().is_loopback() {
-        log::warn!(
-            "listening on non-loopback address {}: anyone who can reach it can read and write every key",
-            config.listen
-        );
+    let mut listeners = vec![(bind(config.listen)?, Protocol::Line)];
+    if let Some(addr) = config.memcached {
+        listeners.push((bind(addr)?, Protocol::Memcached));
     }
     let ctx = Arc::new(Context {
         store: Arc::new(store),
@@ -70,7 +66,17 @@ fn run(config: &Config) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    server.serve(vec![(listener, Protocol::Line)]).map_err(|e| e.to_string())?;
+    server.serve(listeners).map_err(|e| e.to_string())?;
     log::info!("kvserver stopped cleanly");
     Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "listening on non-loopback address {addr}: anyone who can reach it can read and write every key"
+        );
+    }
+    Ok(listener)
 }

@@ -9,6 +9,7 @@
 //! [`Store`]: crate::store::Store
 
 pub mod line;
+pub mod memcache;
 
 /// Reply bytes buffered before a session yields so that the connection writes them out; this
 /// bounds a connection's memory when a client pipelines many large reads.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::protocol::line::LineSession;
+use crate::protocol::memcache::MemcacheSession;
 use crate::protocol::{Context, Session};
 use crate::stats::ServerStats;
 
@@ -29,18 +30,22 @@ use crate::stats::ServerStats;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Line,
+    /// memcached's ASCII protocol (`--memcached`).
+    Memcached,
 }
 
 impl Protocol {
     fn name(self) -> &'static str {
         match self {
             Protocol::Line => "line protocol",
+            Protocol::Memcached => "memcached protocol",
         }
     }
 
     fn session(self, ctx: &Arc<Context>) -> Box<dyn Session> {
         match self {
             Protocol::Line => Box::new(LineSession::new(Arc::clone(ctx))),
+            Protocol::Memcached => Box::new(MemcacheSession::new(Arc::clone(ctx))),
         }
     }
 
@@ -48,6 +53,7 @@ impl Protocol {
     fn too_many_connections(self) -> &'static [u8] {
         match self {
             Protocol::Line => b"ERROR too many connections\n",
+            Protocol::Memcached => b"SERVER_ERROR too many open connections\r\n",
         }
     }
 }

@@ -355,6 +355,17 @@ impl Store {
         self.shared.index.keys(prefix, unix_now())
     }
 
+    /// Live items and the bytes of their keys and values, for memcached's `curr_items` and
+    /// `bytes`. Walks the whole index one shard at a time: meant for `stats`, not hot paths.
+    pub fn usage(&self) -> (u64, u64) {
+        let (mut items, mut bytes) = (0u64, 0u64);
+        self.shared.index.for_each_shard(unix_now(), |key, item| {
+            items += 1;
+            bytes += (key.len() + item.value.len()) as u64;
+        });
+        (items, bytes)
+    }
+
     /// Carries out one write and returns once it is durable under the fsync policy.
     pub fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         writer::REPLY.with(|(reply_tx, reply_rx)| {

@@ -1,0 +1,423 @@
+//! memcached's meta commands `mg`, `ms`, `md`, `ma`: flag parsing, execution and replies.
+//!
+//! Supported flags (anything else is `CLIENT_ERROR invalid flag`, as memcached answers a flag
+//! it does not know):
+//!
+//! ```text
+//! mg  v k f t c s q O<opaque> T<ttl> N<ttl>
+//! ms  k c q O<opaque> T<ttl> F<flags> C<cas> M<E|A|P|R|S> I N<ttl>
+//! md  k q O<opaque> C<cas>
+//! ma  v k t c q O<opaque> T<ttl> N<ttl> J<initial> D<delta> C<cas> M<I|+|D|->
+//! ```
+//!
+//! Return flags are echoed in the order asked. Quiet mode (`q`) hides what memcached 1.6
+//! hides: `EN` for mg, `HD` for ms and md, `HD`/`VA` for ma; misses of md/ma (`NF`),
+//! conflicts and errors are always sent. Simplifications: `mg N` creates the empty item and
+//! answers `W` (this client should recache) but textkv keeps no lease state, so later
+//! readers never see `Z`; `ms I` and `ms N` are accepted and ignored (memcached 1.6.18 also
+//! ignores `N` for ms).
+
+use super::request::{expires_at, remaining_ttl, valid_key};
+use super::Executor;
+use crate::stats::ServerStats;
+use crate::store::{unix_now, Item, StoreMode, WriteOp, WriteOutcome};
+
+/// Which meta command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKind {
+    Get,
+    Set,
+    Delete,
+    Arith,
+}
+
+impl MetaKind {
+    /// Flags the command accepts.
+    fn accepts(self, flag: u8) -> bool {
+        let allowed: &[u8] = match self {
+            MetaKind::Get => b"vkftcsqOTN",
+            MetaKind::Set => b"kcqOTFCMIN",
+            MetaKind::Delete => b"kqOC",
+            MetaKind::Arith => b"vktcqOTNJDCM",
+        };
+        allowed.contains(&flag)
+    }
+}
+
+const MAX_OPAQUE: usize = 32;
+const BAD_TOKEN: &str = "CLIENT_ERROR bad token in command line format";
+
+/// The flags of one meta request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaFlags<'a> {
+    /// Flags echoed back in replies (`k f t c s O`), in request order.
+    returns: Vec<u8>,
+    pub value: bool,
+    pub quiet: bool,
+    pub opaque: Option<&'a [u8]>,
+    pub ttl: Option<i64>,
+    pub client_flags: Option<u32>,
+    pub compare_cas: Option<u64>,
+    pub vivify: Option<i64>,
+    /// `M`: the mode character, already checked against the command.
+    pub mode: Option<u8>,
+    pub delta: Option<u64>,
+    pub initial: Option<u64>,
+}
+
+impl<'a> MetaFlags<'a> {
+    /// Parses the flag tokens that follow the key (and, for ms, the data length).
+    pub fn parse(kind: MetaKind, tokens: &[&'a [u8]]) -> Result<MetaFlags<'a>, &'static str> {
+        let mut flags = MetaFlags::default();
+        let mut seen = [false; 128];
+        // memcached reports a bad numeric argument of ma with the generic flag error.
+        // memcached 1.6 words a bad numeric flag argument differently for each command.
+        let bad_number = match kind {
+            MetaKind::Get => BAD_TOKEN,
+            MetaKind::Set => super::request::BAD_FORMAT,
+            MetaKind::Delete | MetaKind::Arith => "CLIENT_ERROR invalid or duplicate flag",
+        };
+        for token in tokens {
+            let (flag, arg) = (token[0], &token[1..]);
+            if !flag.is_ascii() || !kind.accepts(flag) {
+                return Err("CLIENT_ERROR invalid flag");
+            }
+            if std::mem::replace(&mut seen[flag as usize], true) {
+                return Err("CLIENT_ERROR duplicate flag");
+            }
+            let signed = || super::request::parse_signed(arg).ok_or(bad_number);
+            let unsigned = || super::request::parse_unsigned::<u64>(arg).ok_or(bad_number);
+            match flag {
+                b'v' => flags.value = true,
+                b'q' => flags.quiet = true,
+                b'k' | b'f' | b't' | b'c' | b's' => flags.returns.push(flag),
+                b'O' => {
+                    if arg.len() > MAX_OPAQUE {
+                        return Err("CLIENT_ERROR opaque token too long");
+                    }
+                    flags.opaque = Some(arg);
+                    flags.returns.push(flag);
+                }
+                b'T' => flags.ttl = Some(signed()?),
+                b'N' => flags.vivify = Some(signed()?),
+                b'F' => flags.client_flags = Some(u32::try_from(unsigned()?).map_err(|_| bad_number)?),
+                b'C' => flags.compare_cas = Some(unsigned()?),
+                b'D' => flags.delta = Some(unsigned()?),
+                b'J' => flags.initial = Some(unsigned()?),
+                b'M' => {
+                    let modes: &[u8] = if kind == MetaKind::Set { b"EAPRS" } else { b"I+D-id" };
+                    match arg {
+                        [mode] if modes.contains(mode) => flags.mode = Some(mode.to_ascii_uppercase()),
+                        _ if kind == MetaKind::Set => return Err("CLIENT_ERROR invalid mode for ms M token"),
+                        _ => return Err("CLIENT_ERROR invalid mode for ma M token"),
+                    }
+                }
+                _ => {} // `I`: accepted, no effect.
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Appends the return flags: the item's where there is one, else only `k` and `O`.
+    fn write_returns(&self, key: &[u8], item: Option<&Item>, now: u64, out: &mut Vec<u8>) {
+        for &flag in &self.returns {
+            match (flag, item) {
+                (b'k', _) => {
+                    out.extend_from_slice(b" k");
+                    out.extend_from_slice(key);
+                }
+                (b'O', _) => {
+                    out.extend_from_slice(b" O");
+                    out.extend_from_slice(self.opaque.unwrap_or_default());
+                }
+                (b'f', Some(item)) => out.extend_from_slice(format!(" f{}", item.flags).as_bytes()),
+                (b't', Some(item)) => {
+                    out.extend_from_slice(format!(" t{}", remaining_ttl(item.expires_at, now)).as_bytes())
+                }
+                (b'c', Some(item)) => out.extend_from_slice(format!(" c{}", item.cas).as_bytes()),
+                (b's', Some(item)) => out.extend_from_slice(format!(" s{}", item.value.len()).as_bytes()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Appends a status line such as `HD k<key> O<opaque>`, unless quiet mode hides it.
+    fn status(
+        &self,
+        code: &str,
+        hidden_when_quiet: bool,
+        key: &[u8],
+        item: Option<&Item>,
+        out: &mut Vec<u8>,
+    ) {
+        if self.quiet && hidden_when_quiet {
+            return;
+        }
+        out.extend_from_slice(code.as_bytes());
+        self.write_returns(key, item, unix_now(), out);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Appends `VA <size> <flags>\r\n<data>\r\n`, with `extra` (` W`) after the flags.
+    fn value_reply(&self, key: &[u8], item: &Item, extra: &str, now: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("VA {}", item.value.len()).as_bytes());
+        self.write_returns(key, Some(item), now, out);
+        out.extend_from_slice(extra.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&item.value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Executor<'_> {
+    pub(super) fn meta(&self, kind: MetaKind, key: &[u8], flags: &MetaFlags, data: &[u8], out: &mut Vec<u8>) {
+        debug_assert!(valid_key(key));
+        ServerStats::bump(&self.counters().cmd_meta);
+        match kind {
+            MetaKind::Get => self.meta_get(key, flags, out),
+            MetaKind::Set => self.meta_set(key, flags, data, out),
+            MetaKind::Delete => self.meta_delete(key, flags, out),
+            MetaKind::Arith => self.meta_arith(key, flags, out),
+        }
+    }
+
+    fn meta_get(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
+        let c = self.counters();
+        ServerStats::bump(&c.cmd_get);
+        let now = unix_now();
+        let mut found = None;
+        let mut extra = "";
+        if let Some(ttl) = flags.ttl {
+            ServerStats::bump(&c.cmd_touch);
+            match self.write(WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(ttl, now) }, out) {
+                Some(WriteOutcome::Touched(item)) => found = Some(item),
+                Some(_) => {}
+                None => return,
+            }
+        } else {
+            found = self.ctx.store.get(key);
+        }
+        if found.is_none() {
+            if let Some(ttl) = flags.vivify {
+                let op = WriteOp::Store {
+                    key: key.to_vec(),
+                    value: Vec::new(),
+                    flags: 0,
+                    expires_at: expires_at(ttl, now),
+                    mode: StoreMode::Add,
+                };
+                match self.write(op, out) {
+                    Some(WriteOutcome::Stored { .. }) => extra = " W",
+                    Some(_) => {}
+                    None => return,
+                }
+                found = self.ctx.store.get(key);
+            }
+        }
+        match found {
+            Some(item) => {
+                ServerStats::bump(&c.get_hits);
+                if flags.value {
+                    flags.value_reply(key, &item, extra, now, out);
+                } else {
+                    out.extend_from_slice(b"HD");
+                    flags.write_returns(key, Some(&item), now, out);
+                    out.extend_from_slice(extra.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            None => {
+                ServerStats::bump(&c.get_misses);
+                flags.status("EN", true, key, None, out);
+            }
+        }
+    }
+
+    fn meta_set(&self, key: &[u8], flags: &MetaFlags, data: &[u8], out: &mut Vec<u8>) {
+        let c = self.counters();
+        ServerStats::bump(&c.cmd_set);
+        let mode = match (flags.compare_cas, flags.mode) {
+            (Some(cas), _) => StoreMode::Cas(cas),
+            (None, Some(b'E')) => StoreMode::Add,
+            (None, Some(b'A')) => StoreMode::Append,
+            (None, Some(b'P')) => StoreMode::Prepend,
+            (None, Some(b'R')) => StoreMode::Replace,
+            (None, _) => StoreMode::Set,
+        };
+        let op = WriteOp::Store {
+            key: key.to_vec(),
+            value: data.to_vec(),
+            flags: flags.client_flags.unwrap_or(0),
+            expires_at: expires_at(flags.ttl.unwrap_or(0), unix_now()),
+            mode,
+        };
+        let Some(outcome) = self.write(op, out) else { return };
+        self.count_cas(mode, &outcome);
+        match outcome {
+            WriteOutcome::Stored { cas } => {
+                let item = Item { value: Box::default(), flags: 0, expires_at: 0, cas };
+                flags.status("HD", true, key, Some(&item), out);
+            }
+            WriteOutcome::NotStored => flags.status("NS", false, key, None, out),
+            WriteOutcome::Exists => flags.status("EX", false, key, None, out),
+            WriteOutcome::NotFound => flags.status("NF", false, key, None, out),
+            WriteOutcome::TooLarge => self.too_large(out),
+            other => self.unexpected(&other, out),
+        }
+    }
+
+    fn meta_delete(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
+        let c = self.counters();
+        let op = WriteOp::Delete { key: key.to_vec(), cas: flags.compare_cas };
+        match self.write(op, out) {
+            None => {}
+            Some(WriteOutcome::Deleted) => {
+                ServerStats::bump(&c.delete_hits);
+                flags.status("HD", true, key, None, out);
+            }
+            Some(WriteOutcome::NotFound) => {
+                ServerStats::bump(&c.delete_misses);
+                flags.status("NF", false, key, None, out);
+            }
+            Some(WriteOutcome::Exists) => flags.status("EX", false, key, None, out),
+            Some(other) => self.unexpected(&other, out),
+        }
+    }
+
+    fn meta_arith(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
+        let c = self.counters();
+        let incr = matches!(flags.mode, None | Some(b'I' | b'+'));
+        let delta = flags.delta.unwrap_or(1);
+        let now = unix_now();
+        let (hits, misses) =
+            if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
+        let outcome = match flags.compare_cas {
+            Some(cas) => self.arith_if_cas(key, delta, incr, cas, out),
+            None => self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out),
+        };
+        let outcome = match (outcome, flags.vivify) {
+            (None, _) => return,
+            (Some(WriteOutcome::NotFound), Some(ttl)) => {
+                // Auto-vivify: the item starts at the initial value, unchanged by the delta.
+                let initial = flags.initial.unwrap_or(0);
+                let op = WriteOp::Store {
+                    key: key.to_vec(),
+                    value: initial.to_string().into_bytes(),
+                    flags: 0,
+                    expires_at: expires_at(ttl, now),
+                    mode: StoreMode::Add,
+                };
+                match self.write(op, out) {
+                    Some(WriteOutcome::Stored { cas }) => WriteOutcome::Counter { value: initial, cas },
+                    // Another client created it meanwhile: count on that one.
+                    Some(_) => match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out) {
+                        Some(outcome) => outcome,
+                        None => return,
+                    },
+                    None => return,
+                }
+            }
+            (Some(outcome), _) => outcome,
+        };
+        match outcome {
+            WriteOutcome::Counter { value, cas } => {
+                ServerStats::bump(hits);
+                let mut expires = self.ctx.store.get(key).map_or(0, |item| item.expires_at);
+                if let Some(ttl) = flags.ttl {
+                    expires = expires_at(ttl, now);
+                    if self.write(WriteOp::Touch { key: key.to_vec(), expires_at: expires }, out).is_none() {
+                        return;
+                    }
+                }
+                let item =
+                    Item { value: value.to_string().into_bytes().into(), flags: 0, expires_at: expires, cas };
+                // Quiet mode hides a successful ma's reply, value included.
+                if flags.value && !flags.quiet {
+                    flags.value_reply(key, &item, "", now, out);
+                } else {
+                    flags.status("HD", true, key, Some(&item), out);
+                }
+            }
+            WriteOutcome::NotFound => {
+                ServerStats::bump(misses);
+                flags.status("NF", false, key, None, out);
+            }
+            WriteOutcome::Exists => flags.status("EX", false, key, None, out),
+            WriteOutcome::NotStored => flags.status("NS", false, key, None, out),
+            WriteOutcome::NonNumeric => self.non_numeric(out),
+            other => self.unexpected(&other, out),
+        }
+    }
+
+    /// `ma … C<cas>`: compute the new number from the current item and store it only if the
+    /// item is still the one whose CAS the client named, so the check and the change are one
+    /// atomic write.
+    fn arith_if_cas(
+        &self,
+        key: &[u8],
+        delta: u64,
+        incr: bool,
+        cas: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<WriteOutcome> {
+        let Some(item) = self.ctx.store.get(key) else { return Some(WriteOutcome::NotFound) };
+        if item.cas != cas {
+            return Some(WriteOutcome::Exists);
+        }
+        let Some(number) = crate::store::format::parse_number::<u64>(&item.value) else {
+            return Some(WriteOutcome::NonNumeric);
+        };
+        let value = if incr { number.wrapping_add(delta) } else { number.saturating_sub(delta) };
+        let op = WriteOp::Store {
+            key: key.to_vec(),
+            value: value.to_string().into_bytes(),
+            flags: item.flags,
+            expires_at: item.expires_at,
+            mode: StoreMode::Cas(cas),
+        };
+        Some(match self.write(op, out)? {
+            WriteOutcome::Stored { cas } => WriteOutcome::Counter { value, cas },
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(kind: MetaKind, line: &str) -> Result<MetaFlags<'_>, &'static str> {
+        let tokens: Vec<&[u8]> = line.split(' ').filter(|t| !t.is_empty()).map(str::as_bytes).collect();
+        MetaFlags::parse(kind, &tokens)
+    }
+
+    #[test]
+    fn flags_parse_per_command() {
+        let f = parse(MetaKind::Get, "v k t Oabc T30 q").unwrap();
+        assert!(f.value && f.quiet);
+        assert_eq!(f.returns, b"ktO");
+        assert_eq!(f.opaque, Some(&b"abc"[..]));
+        assert_eq!(f.ttl, Some(30));
+        let f = parse(MetaKind::Set, "F7 C9 MA I").unwrap();
+        assert_eq!((f.client_flags, f.compare_cas, f.mode), (Some(7), Some(9), Some(b'A')));
+        let f = parse(MetaKind::Arith, "N0 J13 D5 Md").unwrap();
+        assert_eq!((f.vivify, f.initial, f.delta, f.mode), (Some(0), Some(13), Some(5), Some(b'D')));
+    }
+
+    #[test]
+    fn flag_errors_match_memcached() {
+        assert_eq!(parse(MetaKind::Get, "X"), Err("CLIENT_ERROR invalid flag"));
+        assert_eq!(parse(MetaKind::Delete, "v"), Err("CLIENT_ERROR invalid flag"));
+        assert_eq!(parse(MetaKind::Get, "Oa Ob"), Err("CLIENT_ERROR duplicate flag"));
+        assert_eq!(
+            parse(MetaKind::Get, &format!("O{}", "x".repeat(33))),
+            Err("CLIENT_ERROR opaque token too long")
+        );
+        assert_eq!(parse(MetaKind::Set, "MX"), Err("CLIENT_ERROR invalid mode for ms M token"));
+        assert_eq!(parse(MetaKind::Arith, "Mx"), Err("CLIENT_ERROR invalid mode for ma M token"));
+        assert_eq!(parse(MetaKind::Arith, "D-1"), Err("CLIENT_ERROR invalid or duplicate flag"));
+        assert_eq!(parse(MetaKind::Get, "Tx"), Err(BAD_TOKEN));
+        assert_eq!(parse(MetaKind::Set, "F4294967296"), Err("CLIENT_ERROR bad command line format"));
+        assert_eq!(parse(MetaKind::Delete, "Cx"), Err("CLIENT_ERROR invalid or duplicate flag"));
+    }
+}

@@ -1,0 +1,580 @@
+//! memcached's ASCII protocol over the same [`Store`] as the line protocol, so that every
+//! memcached client, tool and proxy works against textkv unchanged.
+//!
+//! Framing: a request is a line ending in `\r\n` (a bare `\n` is accepted), and the storage
+//! commands (`set add replace append prepend cas ms`) are followed by a data block of exactly
+//! the announced length plus `\r\n`. The block is found by its length, never by scanning
+//! (values may hold `\r\n`), so a request is parsed in two outcomes: *incomplete* (nothing is
+//! consumed; the connection reads more) or complete — valid, or invalid with memcached's
+//! error reply.
+//!
+//! Where textkv knowingly differs from memcached 1.6.18 (all choices that keep a pipeline in
+//! step or a durable value safe):
+//! - A storage line that is wrong but whose `<bytes>` is readable gets its `CLIENT_ERROR` and
+//!   its data block is discarded; memcached parses the block as a command and adds `ERROR`.
+//! - A data block not followed by `\r\n` gets `CLIENT_ERROR bad data chunk`, and the rest of
+//!   that line is dropped too (memcached would answer it as a command, usually `ERROR`).
+//! - An item over `--max-value-bytes` gets `SERVER_ERROR object too large for cache`, its
+//!   data is read and discarded, and the old value is kept (memcached deletes it: a cache
+//!   may forget, a database should not lose a value because a later write was refused).
+//! - A line without `\n` within 2048 bytes (or `--max-line-bytes` for `get`/`gets`/`gat`/
+//!   `gats`, whose key lists may be long) gets `CLIENT_ERROR line too long` and the
+//!   connection is closed; memcached closes without a word.
+//! - Keys with control characters are refused (`CLIENT_ERROR bad command line format`), and
+//!   flags above 2^32-1 too (memcached silently truncates them).
+//! - `stats` has memcached's general counters with real values; `limit_maxbytes` is 0
+//!   because textkv has no memory cap (the disk is the limit). `stats <group>` is `ERROR`.
+//! - `verbosity` is accepted and does nothing (use `RUST_LOG`).
+//!
+//! Memory per connection stays under the line limit plus `--max-value-bytes`: a data block is
+//! buffered whole only when it will be stored; an oversized one is discarded as it arrives.
+
+mod flush;
+mod meta;
+mod request;
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Context, Progress, Session, FLUSH_THRESHOLD};
+use crate::stats::{CacheCounters, ServerStats};
+use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
+use request::{expires_at, Invalid, Keys, Request, StoreKind};
+
+/// Longest request line other than a retrieval command, as in memcached.
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// The version `version` and `stats` report.
+const VERSION: &str = concat!("textkv-", env!("CARGO_PKG_VERSION"));
+
+/// What the session is in the middle of, between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a request line.
+    Ready,
+    /// Discarding this many more bytes of a refused data block.
+    Swallow(usize),
+    /// Discarding up to the next `\n` (after a bad data chunk).
+    SkipLine,
+}
+
+/// memcached-protocol state of one connection.
+pub struct MemcacheSession {
+    ctx: Arc<Context>,
+    state: State,
+}
+
+impl MemcacheSession {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        MemcacheSession { ctx, state: State::Ready }
+    }
+
+    /// The longest line allowed for a line that starts like `rest`.
+    fn line_limit(&self, rest: &[u8]) -> usize {
+        let start = &rest[rest.iter().take_while(|&&b| b == b' ').count()..];
+        let retrieval = [&b"get "[..], b"gets ", b"gat ", b"gats "].iter().any(|p| start.starts_with(p));
+        if retrieval {
+            self.ctx.limits.max_line_bytes.max(MAX_COMMAND_LINE)
+        } else {
+            MAX_COMMAND_LINE
+        }
+    }
+
+    /// Handles the request at the start of `input`. Returns the bytes consumed (0: incomplete)
+    /// and whether to close.
+    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        let limit = self.line_limit(input);
+        let Some(newline) = input.iter().take(limit + 1).position(|&b| b == b'\n') else {
+            if input.len() > limit {
+                out.extend_from_slice(b"CLIENT_ERROR line too long\r\n");
+                log::debug!("closing a memcached connection: no newline within {limit} bytes");
+                return (input.len(), true);
+            }
+            return (0, false);
+        };
+        let line_end = newline + 1;
+        let line = &input[..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let request = match request::parse(line) {
+            Ok(request) => request,
+            Err(Invalid::Close) => return (line_end, true),
+            Err(Invalid::Reply { error, noreply, swallow }) => {
+                if !noreply {
+                    out.extend_from_slice(error.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                if let Some(bytes) = swallow {
+                    self.state = State::Swallow(bytes + 2);
+                }
+                return (line_end, false);
+            }
+        };
+        let bytes = match &request {
+            Request::Store { bytes, .. } => Some(*bytes),
+            Request::Meta { kind: meta::MetaKind::Set, bytes, .. } => Some(*bytes),
+            _ => None,
+        };
+        let Some(bytes) = bytes else {
+            let close = self.execute(&request, &[], out);
+            return (line_end, close);
+        };
+        let noreply = matches!(request, Request::Store { noreply: true, .. });
+        if bytes > self.ctx.limits.max_value_bytes {
+            ServerStats::bump(&self.ctx.stats.cache.store_too_large);
+            if !noreply {
+                out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n");
+            }
+            self.state = State::Swallow(bytes + 2);
+            return (line_end, false);
+        }
+        let block_end = line_end + bytes + 2;
+        if input.len() < block_end {
+            return (0, false);
+        }
+        if &input[block_end - 2..block_end] != b"\r\n" {
+            if !noreply {
+                out.extend_from_slice(b"CLIENT_ERROR bad data chunk\r\n");
+            }
+            self.state = State::SkipLine;
+            return (line_end + bytes, false);
+        }
+        let close = self.execute(&request, &input[line_end..line_end + bytes], out);
+        (block_end, close)
+    }
+
+    /// Runs one request; `data` is its data block. Returns true to close the connection.
+    fn execute(&self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
+        ServerStats::bump(&self.ctx.stats.commands);
+        let executor = Executor { ctx: &self.ctx };
+        let noreply = match request {
+            Request::Store { noreply, .. }
+            | Request::Delete { noreply, .. }
+            | Request::Arith { noreply, .. }
+            | Request::Touch { noreply, .. }
+            | Request::FlushAll { noreply, .. }
+            | Request::Verbosity { noreply } => *noreply,
+            _ => false,
+        };
+        let before = out.len();
+        match request {
+            Request::Store { kind, key, flags, exptime, cas, .. } => {
+                executor.store(*kind, key, *flags, *exptime, *cas, data, out)
+            }
+            Request::Get { keys, with_cas, touch } => executor.get(*keys, *with_cas, *touch, out),
+            Request::Delete { key, .. } => executor.delete(key, out),
+            Request::Arith { key, delta, incr, .. } => executor.arith(key, *delta, *incr, out),
+            Request::Touch { key, exptime, .. } => executor.touch(key, *exptime, out),
+            Request::FlushAll { delay, .. } => executor.flush_all(*delay, out),
+            Request::Stats => executor.stats(out),
+            Request::Version => out.extend_from_slice(format!("VERSION {VERSION}\r\n").as_bytes()),
+            Request::Verbosity { .. } => out.extend_from_slice(b"OK\r\n"),
+            Request::Quit => return true,
+            Request::MetaNoop => out.extend_from_slice(b"MN\r\n"),
+            Request::Meta { kind, key, flags, .. } => executor.meta(*kind, key, flags, data, out),
+        }
+        if noreply {
+            // memcached sends nothing at all for a noreply request, errors included.
+            out.truncate(before);
+        }
+        false
+    }
+}
+
+impl Session for MemcacheSession {
+    fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
+        let mut consumed = 0;
+        while out.len() < FLUSH_THRESHOLD && consumed < input.len() {
+            let rest = &input[consumed..];
+            match self.state {
+                State::Swallow(left) => {
+                    let n = left.min(rest.len());
+                    consumed += n;
+                    self.state = if n == left { State::Ready } else { State::Swallow(left - n) };
+                }
+                State::SkipLine => match rest.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        consumed += i + 1;
+                        self.state = State::Ready;
+                    }
+                    None => consumed = input.len(),
+                },
+                State::Ready => {
+                    let (n, close) = self.step(rest, out);
+                    consumed += n;
+                    if close {
+                        return Progress { consumed, close: true };
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Progress { consumed, close: false }
+    }
+}
+
+/// Runs requests against the store and encodes memcached's replies.
+pub(crate) struct Executor<'a> {
+    ctx: &'a Context,
+}
+
+impl Executor<'_> {
+    fn counters(&self) -> &CacheCounters {
+        &self.ctx.stats.cache
+    }
+
+    /// Sends one write to the store; on a store error answers `SERVER_ERROR` and returns None.
+    fn write(&self, op: WriteOp, out: &mut Vec<u8>) -> Option<WriteOutcome> {
+        match self.ctx.store.write(op) {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                let message = match e {
+                    StoreError::OutOfSpace => "out of disk space".to_string(),
+                    other => other.to_string(),
+                };
+                out.extend_from_slice(format!("SERVER_ERROR {message}\r\n").as_bytes());
+                None
+            }
+        }
+    }
+
+    fn too_large(&self, out: &mut Vec<u8>) {
+        ServerStats::bump(&self.counters().store_too_large);
+        out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n");
+    }
+
+    fn non_numeric(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+    }
+
+    fn unexpected(&self, outcome: &WriteOutcome, out: &mut Vec<u8>) {
+        log::error!("unexpected store outcome {outcome:?} for a memcached request");
+        out.extend_from_slice(b"SERVER_ERROR internal error\r\n");
+    }
+
+    fn count_cas(&self, mode: StoreMode, outcome: &WriteOutcome) {
+        if let StoreMode::Cas(_) = mode {
+            let c = self.counters();
+            ServerStats::bump(match outcome {
+                WriteOutcome::Stored { .. } => &c.cas_hits,
+                WriteOutcome::Exists => &c.cas_badval,
+                _ => &c.cas_misses,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        kind: StoreKind,
+        key: &[u8],
+        flags: u32,
+        exptime: i64,
+        cas: u64,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        ServerStats::bump(&self.counters().cmd_set);
+        let mode = kind.mode(cas);
+        let op = WriteOp::Store {
+            key: key.to_vec(),
+            value: data.to_vec(),
+            flags,
+            expires_at: expires_at(exptime, unix_now()),
+            mode,
+        };
+        let Some(outcome) = self.write(op, out) else { return };
+        self.count_cas(mode, &outcome);
+        let reply: &[u8] = match outcome {
+            WriteOutcome::Stored { .. } => b"STORED\r\n",
+            WriteOutcome::NotStored => b"NOT_STORED\r\n",
+            WriteOutcome::Exists => b"EXISTS\r\n",
+            WriteOutcome::NotFound => b"NOT_FOUND\r\n",
+            WriteOutcome::TooLarge => return self.too_large(out),
+            other => return self.unexpected(&other, out),
+        };
+        out.extend_from_slice(reply);
+    }
+
+    fn get(&self, keys: Keys, with_cas: bool, touch: Option<i64>, out: &mut Vec<u8>) {
+        let c = self.counters();
+        for key in keys.iter() {
+            ServerStats::bump(&c.cmd_get);
+            let hit = match touch {
+                None => self.ctx.store.with_item(key, |item| {
+                    item.map(|item| {
+                        value_line(key, item.flags, item.value, with_cas.then_some(item.cas), out)
+                    })
+                }),
+                Some(exptime) => {
+                    ServerStats::bump(&c.cmd_touch);
+                    let op =
+                        WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
+                    match self.write(op, out) {
+                        Some(WriteOutcome::Touched(item)) => {
+                            ServerStats::bump(&c.touch_hits);
+                            value_line(key, item.flags, &item.value, with_cas.then_some(item.cas), out);
+                            Some(())
+                        }
+                        Some(_) => {
+                            ServerStats::bump(&c.touch_misses);
+                            None
+                        }
+                        None => return,
+                    }
+                }
+            };
+            ServerStats::bump(if hit.is_some() { &c.get_hits } else { &c.get_misses });
+        }
+        out.extend_from_slice(b"END\r\n");
+    }
+
+    fn delete(&self, key: &[u8], out: &mut Vec<u8>) {
+        let c = self.counters();
+        match self.write(WriteOp::Delete { key: key.to_vec(), cas: None }, out) {
+            None => {}
+            Some(WriteOutcome::Deleted) => {
+                ServerStats::bump(&c.delete_hits);
+                out.extend_from_slice(b"DELETED\r\n");
+            }
+            Some(WriteOutcome::NotFound) => {
+                ServerStats::bump(&c.delete_misses);
+                out.extend_from_slice(b"NOT_FOUND\r\n");
+            }
+            Some(other) => self.unexpected(&other, out),
+        }
+    }
+
+    fn arith(&self, key: &[u8], delta: u64, incr: bool, out: &mut Vec<u8>) {
+        let c = self.counters();
+        let (hits, misses) =
+            if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
+        match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out) {
+            None => {}
+            Some(WriteOutcome::Counter { value, .. }) => {
+                ServerStats::bump(hits);
+                out.extend_from_slice(format!("{value}\r\n").as_bytes());
+            }
+            Some(WriteOutcome::NotFound) => {
+                ServerStats::bump(misses);
+                out.extend_from_slice(b"NOT_FOUND\r\n");
+            }
+            Some(WriteOutcome::NonNumeric) => self.non_numeric(out),
+            Some(other) => self.unexpected(&other, out),
+        }
+    }
+
+    fn touch(&self, key: &[u8], exptime: i64, out: &mut Vec<u8>) {
+        let c = self.counters();
+        ServerStats::bump(&c.cmd_touch);
+        let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
+        match self.write(op, out) {
+            None => {}
+            Some(WriteOutcome::Touched(_)) => {
+                ServerStats::bump(&c.touch_hits);
+                out.extend_from_slice(b"TOUCHED\r\n");
+            }
+            Some(WriteOutcome::NotFound) => {
+                ServerStats::bump(&c.touch_misses);
+                out.extend_from_slice(b"NOT_FOUND\r\n");
+            }
+            Some(other) => self.unexpected(&other, out),
+        }
+    }
+
+    fn flush_all(&self, delay: i64, out: &mut Vec<u8>) {
+        ServerStats::bump(&self.counters().cmd_flush);
+        if delay > 0 {
+            // memcached reads the delay like an exptime: relative, or a Unix time past 30 days.
+            let delay = expires_at(delay, unix_now()).saturating_sub(unix_now());
+            flush::schedule(&self.ctx.store, Some(Duration::from_secs(delay)));
+            out.extend_from_slice(b"OK\r\n");
+            return;
+        }
+        flush::schedule(&self.ctx.store, None);
+        if self.write(WriteOp::Flush, out).is_some() {
+            out.extend_from_slice(b"OK\r\n");
+        }
+    }
+
+    fn stats(&self, out: &mut Vec<u8>) {
+        use std::fmt::Write as _;
+        let server = &self.ctx.stats;
+        let c = &server.cache;
+        let (items, bytes) = self.ctx.store.usage();
+        let mut text = String::new();
+        let mut stat = |name: &str, value: &dyn fmt::Display| {
+            let _ = write!(text, "STAT {name} {value}\r\n");
+        };
+        let read = |counter: &AtomicU64| ServerStats::read(counter);
+        stat("pid", &std::process::id());
+        stat("uptime", &server.uptime_secs());
+        stat("time", &unix_now());
+        stat("version", &VERSION);
+        stat("pointer_size", &(usize::BITS));
+        let curr = read(&server.curr_connections);
+        stat("curr_connections", &curr);
+        stat("total_connections", &read(&server.total_connections));
+        stat("rejected_connections", &read(&server.rejected_connections));
+        for (name, counter) in [
+            ("cmd_get", &c.cmd_get),
+            ("cmd_set", &c.cmd_set),
+            ("cmd_flush", &c.cmd_flush),
+            ("cmd_touch", &c.cmd_touch),
+            ("cmd_meta", &c.cmd_meta),
+            ("get_hits", &c.get_hits),
+            ("get_misses", &c.get_misses),
+            ("delete_misses", &c.delete_misses),
+            ("delete_hits", &c.delete_hits),
+            ("incr_misses", &c.incr_misses),
+            ("incr_hits", &c.incr_hits),
+            ("decr_misses", &c.decr_misses),
+            ("decr_hits", &c.decr_hits),
+            ("cas_misses", &c.cas_misses),
+            ("cas_hits", &c.cas_hits),
+            ("cas_badval", &c.cas_badval),
+            ("touch_hits", &c.touch_hits),
+            ("touch_misses", &c.touch_misses),
+            ("store_too_large", &c.store_too_large),
+        ] {
+            stat(name, &read(counter));
+        }
+        stat("limit_maxbytes", &0);
+        // One thread per connection: the threads serving requests are the open connections.
+        stat("threads", &curr);
+        stat("bytes", &bytes);
+        stat("curr_items", &items);
+        stat("item_size_max", &self.ctx.limits.max_value_bytes);
+        stat("db_bytes", &self.ctx.store.stats().file_bytes);
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"END\r\n");
+    }
+}
+
+/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
+fn value_line(key: &[u8], flags: u32, value: &[u8], cas: Option<u64>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key);
+    match cas {
+        Some(cas) => out.extend_from_slice(format!(" {flags} {} {cas}\r\n", value.len()).as_bytes()),
+        None => out.extend_from_slice(format!(" {flags} {}\r\n", value.len()).as_bytes()),
+    }
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Limits;
+    use crate::store::{Store, StoreConfig};
+
+    fn new_session(max_value_bytes: usize) -> (tempfile::TempDir, MemcacheSession) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path().join("database.txt"));
+        config.max_value_bytes = max_value_bytes;
+        let ctx = Context {
+            store: Arc::new(Store::open(config).unwrap()),
+            stats: Arc::new(ServerStats::default()),
+            limits: Limits { max_value_bytes, max_line_bytes: 4096 },
+        };
+        (dir, MemcacheSession::new(Arc::new(ctx)))
+    }
+
+    /// Feeds `input` the way a connection does (unconsumed bytes are offered again with the
+    /// next ones), `chunk` bytes at a time, and returns the replies.
+    fn feed(session: &mut MemcacheSession, input: &[u8], chunk: usize) -> Vec<u8> {
+        let (mut buffer, mut out) = (Vec::new(), Vec::new());
+        for piece in input.chunks(chunk) {
+            buffer.extend_from_slice(piece);
+            loop {
+                let progress = session.process(&buffer, &mut out);
+                buffer.drain(..progress.consumed);
+                if progress.close {
+                    return out;
+                }
+                if progress.consumed == 0 || buffer.is_empty() {
+                    break;
+                }
+            }
+        }
+        assert!(buffer.is_empty(), "left unconsumed: {:?}", String::from_utf8_lossy(&buffer));
+        out
+    }
+
+    fn text(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn incomplete_input_waits_at_every_split_point() {
+        let requests: &[(&[u8], &str)] = &[
+            (b"set k 1 0 5\r\nab\r\nc\r\n", "STORED\r\n"),
+            (b"get k\r\n", "VALUE k 1 5\r\nab\r\nc\r\nEND\r\n"),
+            (b"ms m 3 T0 F2\r\nxyz\r\nmg m v f\r\n", "HD\r\nVA 3 f2\r\nxyz\r\n"),
+            (b"set big 0 0 9\r\n123456789\r\nmn\r\n", "SERVER_ERROR object too large for cache\r\nMN\r\n"),
+            (b"set k 0 0 1\r\nxy\r\nmn\r\n", "CLIENT_ERROR bad data chunk\r\nMN\r\n"),
+            (b"set k x 0 2\r\nab\r\nmn\r\n", "CLIENT_ERROR bad command line format\r\nMN\r\n"),
+        ];
+        for (request, reply) in requests {
+            for split in 1..request.len() {
+                let (_dir, mut session) = new_session(8);
+                if request.starts_with(b"get") {
+                    feed(&mut session, b"set k 1 0 5\r\nab\r\nc\r\n", 100);
+                }
+                let mut out = Vec::new();
+                let (head, tail) = request.split_at(split);
+                let progress = session.process(head, &mut out);
+                let mut rest = head[progress.consumed..].to_vec();
+                rest.extend_from_slice(tail);
+                out.extend(feed(&mut session, &rest, rest.len()));
+                assert_eq!(text(out), *reply, "split {split} of {:?}", String::from_utf8_lossy(request));
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_all_at_once() {
+        let input =
+            b"set a 0 0 3\r\n\r\n\n\r\nappend a 0 0 1\r\n!\r\ngets a b\r\nincr a 1\r\ndelete a\r\nmn\r\n";
+        let (_d1, mut one) = new_session(1024);
+        let (_d2, mut all) = new_session(1024);
+        let slow = feed(&mut one, input, 1);
+        let fast = feed(&mut all, input, input.len());
+        let strip_cas =
+            |s: String| s.split_whitespace().filter(|w| w.len() < 10).collect::<Vec<_>>().join(" ");
+        assert_eq!(strip_cas(text(slow)), strip_cas(text(fast)));
+    }
+
+    #[test]
+    fn noreply_suppresses_every_reply() {
+        let (_dir, mut session) = new_session(8);
+        let input = b"set k 0 0 1 noreply\r\nx\r\nadd k 0 0 1 noreply\r\ny\r\nset k 0 0 1 noreply\r\nxy\r\n\
+                      set k 0 0 99 noreply\r\n";
+        let mut all = input.to_vec();
+        all.extend_from_slice(&[b'z'; 99]);
+        all.extend_from_slice(b"\r\nincr k 1 noreply\r\ndelete zz noreply\r\ntouch zz 1 noreply\r\nmn\r\n");
+        assert_eq!(text(feed(&mut session, &all, 7)), "MN\r\n");
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_without_buffering_it() {
+        let (_dir, mut session) = new_session(8);
+        let mut out = Vec::new();
+        let junk = vec![b'x'; MAX_COMMAND_LINE + 1];
+        let progress = session.process(&junk, &mut out);
+        assert!(progress.close);
+        assert_eq!(text(out), "CLIENT_ERROR line too long\r\n");
+        // A long multi-get is a legitimate long line, bounded by --max-line-bytes instead.
+        let (_dir, mut session) = new_session(8);
+        let mut get = b"get".to_vec();
+        while get.len() < 3000 {
+            get.extend_from_slice(b" key");
+        }
+        get.extend_from_slice(b"\r\n");
+        assert_eq!(text(feed(&mut session, &get, 512)), "END\r\n");
+    }
+}
