@@ -205,7 +205,7 @@ impl Writer {
         let mut effects = Vec::new();
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut buf = Vec::new();
-        for (op, _) in writes.iter_mut() {
+        for (op, _) in writes.iter() {
             let (outcome, effect) = self.decide(op, now, &pending, flushed);
             if let Some(effect) = effect {
                 match &effect {
@@ -235,6 +235,19 @@ impl Writer {
 
         if !buf.is_empty() {
             if let Err(e) = self.append(&buf) {
+                if writes.len() > 1 {
+                    // One write too large for the space left must not sink the rest of its
+                    // batch: decide and commit each one on its own (nothing of the failed
+                    // batch reached the file or the index).
+                    log::warn!(
+                        "batch write to {} failed ({e}); retrying its writes one by one",
+                        self.path.display()
+                    );
+                    for write in std::mem::take(writes) {
+                        self.write_batch(&mut vec![write]);
+                    }
+                    return;
+                }
                 let error = StoreError::from(&e);
                 log::error!("write to {} failed, {} writes refused: {e}", self.path.display(), writes.len());
                 self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -259,10 +272,11 @@ impl Writer {
         }
     }
 
-    /// Decides one write. `pending` holds the keys earlier writes of this batch changed.
+    /// Decides one write. `pending` holds the keys earlier writes of this batch changed. The
+    /// op is left intact so that a failed batch can be retried write by write.
     fn decide(
         &mut self,
-        op: &mut WriteOp,
+        op: &WriteOp,
         now: u64,
         pending: &HashMap<Vec<u8>, Pending>,
         flushed: bool,
@@ -279,10 +293,10 @@ impl Writer {
             WriteOp::Store { key, value, flags, expires_at, mode } => {
                 let existing = current(key);
                 let (value, flags, expires_at) = match (*mode, existing) {
-                    (StoreMode::Set, _) => (std::mem::take(value), *flags, *expires_at),
-                    (StoreMode::Add, None) => (std::mem::take(value), *flags, *expires_at),
+                    (StoreMode::Set, _) => (value.clone(), *flags, *expires_at),
+                    (StoreMode::Add, None) => (value.clone(), *flags, *expires_at),
                     (StoreMode::Add, Some(_)) => return (WriteOutcome::NotStored, None),
-                    (StoreMode::Replace, Some(_)) => (std::mem::take(value), *flags, *expires_at),
+                    (StoreMode::Replace, Some(_)) => (value.clone(), *flags, *expires_at),
                     (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
                         return (WriteOutcome::NotStored, None)
                     }
@@ -292,7 +306,7 @@ impl Writer {
                         (joined, old.flags, old.expires_at)
                     }
                     (StoreMode::Prepend, Some(old)) => {
-                        let mut joined = std::mem::take(value);
+                        let mut joined = value.clone();
                         joined.extend_from_slice(&old.value);
                         (joined, old.flags, old.expires_at)
                     }
@@ -300,7 +314,7 @@ impl Writer {
                     (StoreMode::Cas(expected), Some(old)) if old.cas != expected => {
                         return (WriteOutcome::Exists, None)
                     }
-                    (StoreMode::Cas(_), Some(_)) => (std::mem::take(value), *flags, *expires_at),
+                    (StoreMode::Cas(_), Some(_)) => (value.clone(), *flags, *expires_at),
                 };
                 if value.len() > self.max_value_bytes {
                     return (WriteOutcome::TooLarge, None);

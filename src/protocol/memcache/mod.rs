@@ -41,7 +41,7 @@ use std::time::Duration;
 use super::{Context, Progress, Session, FLUSH_THRESHOLD};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
-use request::{expires_at, Invalid, Keys, Request, StoreKind};
+use request::{expires_at, Invalid, Keys, Request};
 
 /// Longest request line other than a retrieval command, as in memcached.
 pub const MAX_COMMAND_LINE: usize = 2048;
@@ -60,15 +60,52 @@ enum State {
     SkipLine,
 }
 
+/// Pipelined storage commands gathered before they are submitted together, so that they
+/// share one batch and one fsync (a proxy such as twemproxy multiplexes many clients onto one
+/// connection, so this is where group commit pays off); bounded in count and bytes.
+const MAX_PENDING_WRITES: usize = 1024;
+const MAX_PENDING_BYTES: usize = 4 << 20;
+
+/// A storage command queued for submission, with what its reply needs.
+struct PendingStore {
+    op: WriteOp,
+    mode: StoreMode,
+    noreply: bool,
+}
+
 /// memcached-protocol state of one connection.
 pub struct MemcacheSession {
     ctx: Arc<Context>,
     state: State,
+    /// Consecutive storage commands not yet submitted. They are flushed before any other
+    /// request runs or any other reply is written, so replies keep request order and reads
+    /// see the writes before them.
+    pending: Vec<PendingStore>,
+    pending_bytes: usize,
 }
 
 impl MemcacheSession {
     pub fn new(ctx: Arc<Context>) -> Self {
-        MemcacheSession { ctx, state: State::Ready }
+        MemcacheSession { ctx, state: State::Ready, pending: Vec::new(), pending_bytes: 0 }
+    }
+
+    /// Submits the queued storage commands together and appends their replies in order.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        let pending = std::mem::take(&mut self.pending);
+        let (replies, ops): (Vec<_>, Vec<_>) =
+            pending.into_iter().map(|p| ((p.mode, p.noreply), p.op)).unzip();
+        let executor = Executor { ctx: &self.ctx };
+        for ((mode, noreply), result) in replies.into_iter().zip(self.ctx.store.write_many(ops)) {
+            let before = out.len();
+            executor.store_reply(mode, result, out);
+            if noreply {
+                out.truncate(before);
+            }
+        }
     }
 
     /// The longest line allowed for a line that starts like `rest`.
@@ -117,6 +154,7 @@ impl MemcacheSession {
             _ => None,
         };
         let Some(bytes) = bytes else {
+            self.flush_pending(out);
             let close = self.execute(&request, &[], out);
             return (line_end, close);
         };
@@ -140,12 +178,16 @@ impl MemcacheSession {
             self.state = State::SkipLine;
             return (line_end + bytes, false);
         }
-        let close = self.execute(&request, &input[line_end..line_end + bytes], out);
+        let data = &input[line_end..line_end + bytes];
+        if !matches!(request, Request::Store { .. }) {
+            self.flush_pending(out);
+        }
+        let close = self.execute(&request, data, out);
         (block_end, close)
     }
 
     /// Runs one request; `data` is its data block. Returns true to close the connection.
-    fn execute(&self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
+    fn execute(&mut self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
         ServerStats::bump(&self.ctx.stats.commands);
         let executor = Executor { ctx: &self.ctx };
         let noreply = match request {
@@ -159,8 +201,19 @@ impl MemcacheSession {
         };
         let before = out.len();
         match request {
-            Request::Store { kind, key, flags, exptime, cas, .. } => {
-                executor.store(*kind, key, *flags, *exptime, *cas, data, out)
+            Request::Store { kind, key, flags, exptime, cas, noreply, .. } => {
+                // Queued: answered when the queue is flushed (see `pending`).
+                ServerStats::bump(&self.ctx.stats.cache.cmd_set);
+                let mode = kind.mode(*cas);
+                self.pending_bytes += key.len() + data.len();
+                self.pending.push(PendingStore {
+                    op: store_op(mode, key, *flags, *exptime, data),
+                    mode,
+                    noreply: *noreply,
+                });
+                if self.pending.len() >= MAX_PENDING_WRITES || self.pending_bytes >= MAX_PENDING_BYTES {
+                    self.flush_pending(out);
+                }
             }
             Request::Get { keys, with_cas, touch } => executor.get(*keys, *with_cas, *touch, out),
             Request::Delete { key, .. } => executor.delete(key, out),
@@ -201,9 +254,17 @@ impl Session for MemcacheSession {
                     None => consumed = input.len(),
                 },
                 State::Ready => {
+                    let mark = out.len();
                     let (n, close) = self.step(rest, out);
+                    if out.len() > mark && !self.pending.is_empty() {
+                        // An error reply written while stores were queued: theirs come first.
+                        let error = out.split_off(mark);
+                        self.flush_pending(out);
+                        out.extend_from_slice(&error);
+                    }
                     consumed += n;
                     if close {
+                        self.flush_pending(out);
                         return Progress { consumed, close: true };
                     }
                     if n == 0 {
@@ -212,6 +273,7 @@ impl Session for MemcacheSession {
                 }
             }
         }
+        self.flush_pending(out);
         Progress { consumed, close: false }
     }
 }
@@ -231,11 +293,7 @@ impl Executor<'_> {
         match self.ctx.store.write(op) {
             Ok(outcome) => Some(outcome),
             Err(e) => {
-                let message = match e {
-                    StoreError::OutOfSpace => "out of disk space".to_string(),
-                    other => other.to_string(),
-                };
-                out.extend_from_slice(format!("SERVER_ERROR {message}\r\n").as_bytes());
+                server_error(&e, out);
                 None
             }
         }
@@ -266,27 +324,12 @@ impl Executor<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn store(
-        &self,
-        kind: StoreKind,
-        key: &[u8],
-        flags: u32,
-        exptime: i64,
-        cas: u64,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) {
-        ServerStats::bump(&self.counters().cmd_set);
-        let mode = kind.mode(cas);
-        let op = WriteOp::Store {
-            key: key.to_vec(),
-            value: data.to_vec(),
-            flags,
-            expires_at: expires_at(exptime, unix_now()),
-            mode,
+    /// The reply to a storage command, as memcached words it.
+    fn store_reply(&self, mode: StoreMode, result: Result<WriteOutcome, StoreError>, out: &mut Vec<u8>) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => return server_error(&e, out),
         };
-        let Some(outcome) = self.write(op, out) else { return };
         self.count_cas(mode, &outcome);
         let reply: &[u8] = match outcome {
             WriteOutcome::Stored { .. } => b"STORED\r\n",
@@ -455,6 +498,22 @@ impl Executor<'_> {
 }
 
 /// `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
+/// The store operation of a storage command.
+fn store_op(mode: StoreMode, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> WriteOp {
+    WriteOp::Store {
+        key: key.to_vec(),
+        value: data.to_vec(),
+        flags,
+        expires_at: expires_at(exptime, unix_now()),
+        mode,
+    }
+}
+
+/// `SERVER_ERROR` for a write the store could not carry out.
+fn server_error(error: &StoreError, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("SERVER_ERROR {error}\r\n").as_bytes());
+}
+
 fn value_line(key: &[u8], flags: u32, value: &[u8], cas: Option<u64>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"VALUE ");
     out.extend_from_slice(key);
