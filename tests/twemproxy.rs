@@ -220,7 +220,7 @@ fn three_instances_behind_twemproxy_share_keys_and_survive_an_outage() {
     let names = ["kv1", "kv2", "kv3"];
     let start_instance = |i: usize| {
         let addr = format!("127.0.0.1:{}", ports[i]);
-        Server::start(&dirs[i].1, &["--memcached", &addr, "--fsync", "never"])
+        Server::start(&dirs[i].1, &["--memcached", &addr])
     };
     let mut servers: Vec<Option<Server>> = (0..INSTANCES).map(|i| Some(start_instance(i))).collect();
     let proxy_dir = tempfile::tempdir().unwrap();
