@@ -85,6 +85,14 @@ impl fmt::Display for FormatError {
 
 impl std::error::Error for FormatError {}
 
+impl FormatError {
+    /// The command word is shown escaped: a line may hold a raw `\r`, an ANSI escape or
+    /// invalid UTF-8, and an error reply or log line must stay one clean line of text.
+    pub fn unknown_command(word: &[u8]) -> FormatError {
+        FormatError::UnknownCommand(String::from_utf8_lossy(&crate::escape::escape(word)).into_owned())
+    }
+}
+
 impl From<KeyError> for FormatError {
     fn from(e: KeyError) -> Self {
         FormatError::Key(e)
@@ -164,7 +172,7 @@ impl Record {
                 Some(_) => Err(FormatError::WrongArgs(FLUSH_USAGE)),
             }
         } else {
-            Err(FormatError::UnknownCommand(String::from_utf8_lossy(word).into_owned()))
+            Err(FormatError::unknown_command(word))
         }
     }
 
@@ -262,6 +270,11 @@ mod tests {
         assert_eq!(Record::parse(b"setmeta k 0 -1 v"), Err(FormatError::BadNumber("expires-at")));
         assert_eq!(Record::parse(b"set k \\q"), Err(FormatError::Escape(EscapeError::UnknownEscape(b'q'))));
         assert!(matches!(Record::parse(b"sett k v"), Err(FormatError::UnknownCommand(_))));
+        assert_eq!(
+            Record::parse(b"s\re\x1b\xff k v").unwrap_err().to_string(),
+            "unknown command 's\\re\\x1b\\xff'",
+            "control bytes and invalid UTF-8 in the command word are escaped in the message"
+        );
         assert_eq!(Record::parse(b"set \x01 v"), Err(FormatError::Key(KeyError::BadByte)));
         assert_eq!(Record::parse(b"set  v"), Err(FormatError::Key(KeyError::Empty)));
     }
