@@ -140,7 +140,7 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
         b"ping" => no_args(rest, Request::Ping, "ping"),
         b"help" => no_args(rest, Request::Help, "help"),
         b"quit" => no_args(rest, Request::Quit, "quit"),
-        _ => Err(FormatError::UnknownCommand(String::from_utf8_lossy(&word).into_owned()).into()),
+        _ => Err(FormatError::unknown_command(&word).into()),
     }
 }
 

@@ -5,7 +5,7 @@
 //! # comments and blank lines are ignored
 //! set <key> <value>                              flags 0, never expires
 //! setmeta <key> <flags> <expires-at> <value>     memcached flags (u32) and absolute expiry
-//!                                                (Unix seconds, 0 = never)
+//!                                                (Unix seconds as u32, 0 = never)
 //! del <key>
 //! flush                                          every key before this line is gone
 //! ```
@@ -24,6 +24,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::escape::{escape_into, unescape, EscapeError};
+
+/// Latest expiry time that can be stored (Unix seconds, in 2106); later ones are clamped to
+/// it when written, so every record the server writes can be read back.
+pub const MAX_EXPIRES_AT: u64 = u32::MAX as u64;
 
 /// Longest key accepted anywhere, as in memcached.
 pub const MAX_KEY_BYTES: usize = 250;
@@ -85,6 +89,14 @@ impl fmt::Display for FormatError {
 }
 
 impl std::error::Error for FormatError {}
+
+impl FormatError {
+    /// The command word is shown escaped: a line may hold a raw `\r`, an ANSI escape or
+    /// invalid UTF-8, and an error reply or log line must stay one clean line of text.
+    pub fn unknown_command(word: &[u8]) -> FormatError {
+        FormatError::UnknownCommand(String::from_utf8_lossy(&crate::escape::escape(word)).into_owned())
+    }
+}
 
 impl From<KeyError> for FormatError {
     fn from(e: KeyError) -> Self {
@@ -154,7 +166,9 @@ impl<'a> RecordRef<'a> {
             Ok(RecordRef::Set {
                 key,
                 flags: parse_number(flags).ok_or(FormatError::BadNumber("flags"))?,
-                expires_at: parse_number(expires).ok_or(FormatError::BadNumber("expires-at"))?,
+                expires_at: parse_number::<u32>(expires)
+                    .map(u64::from)
+                    .ok_or(FormatError::BadNumber("expires-at"))?,
                 value: value_of(value)?,
             })
         } else if word.eq_ignore_ascii_case(b"del") {
@@ -170,7 +184,7 @@ impl<'a> RecordRef<'a> {
                 Some(_) => Err(FormatError::WrongArgs(FLUSH_USAGE)),
             }
         } else {
-            Err(FormatError::UnknownCommand(String::from_utf8_lossy(word).into_owned()))
+            Err(FormatError::unknown_command(word))
         }
     }
 
@@ -292,8 +306,14 @@ mod tests {
         assert_eq!(Record::parse(b"setmeta k x 0 v"), Err(FormatError::BadNumber("flags")));
         assert_eq!(Record::parse(b"setmeta k 4294967296 0 v"), Err(FormatError::BadNumber("flags")));
         assert_eq!(Record::parse(b"setmeta k 0 -1 v"), Err(FormatError::BadNumber("expires-at")));
+        assert_eq!(Record::parse(b"setmeta k 0 4294967296 v"), Err(FormatError::BadNumber("expires-at")));
         assert_eq!(Record::parse(b"set k \\q"), Err(FormatError::Escape(EscapeError::UnknownEscape(b'q'))));
         assert!(matches!(Record::parse(b"sett k v"), Err(FormatError::UnknownCommand(_))));
+        assert_eq!(
+            Record::parse(b"s\re\x1b\xff k v").unwrap_err().to_string(),
+            "unknown command 's\\re\\x1b\\xff'",
+            "control bytes and invalid UTF-8 in the command word are escaped in the message"
+        );
         assert_eq!(Record::parse(b"set \x01 v"), Err(FormatError::Key(KeyError::BadByte)));
         assert_eq!(Record::parse(b"set  v"), Err(FormatError::Key(KeyError::Empty)));
     }

@@ -14,6 +14,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use super::compaction::sync_dir;
 use super::format::{FormatError, RecordRef};
 use super::index::{Index, ItemRef};
 
@@ -67,7 +68,13 @@ pub fn load(
     repair: bool,
     mut next_cas: impl FnMut() -> u64,
 ) -> Result<LoadReport, LoadError> {
+    let existed = path.exists();
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    if !existed {
+        // A new file's directory entry is durable only once its directory is synced.
+        file.sync_all()?;
+        sync_dir(path)?;
+    }
     let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut report = LoadReport::default();
     let mut line = Vec::new();
@@ -100,6 +107,9 @@ pub fn load(
                 Err(reason) if repair => {
                     let backup = backup_path(path);
                     fs::copy(path, &backup)?;
+                    // The backup must be durable before the original is cut.
+                    fs::File::open(&backup)?.sync_all()?;
+                    sync_dir(path)?;
                     log::warn!(
                         "{}:{line_number}: {reason}; repaired: kept a backup in {} and truncated the file at this line ({} bytes dropped)",
                         path.display(),

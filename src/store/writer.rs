@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::compaction::{self, Compaction};
-use super::format::{encode_del, encode_set};
+use super::format::{encode_del, encode_set, MAX_EXPIRES_AT};
 use super::index::Item;
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
 
@@ -320,6 +320,7 @@ impl Writer {
                     return (WriteOutcome::TooLarge, None);
                 }
                 let cas = self.next_cas();
+                let expires_at = expires_at.min(MAX_EXPIRES_AT);
                 let item = Item { value: value.into_boxed_slice(), flags, expires_at, cas };
                 // An item stored already expired behaves as memcached's: the old value is gone
                 // and the new one is never seen, so the log only needs the deletion.
@@ -338,7 +339,7 @@ impl Writer {
             WriteOp::Touch { key, expires_at } => match current(key) {
                 None => (WriteOutcome::NotFound, None),
                 Some(mut item) => {
-                    item.expires_at = *expires_at;
+                    item.expires_at = (*expires_at).min(MAX_EXPIRES_AT);
                     let effect = if item.is_expired(now) {
                         Effect::Del(key.clone())
                     } else {

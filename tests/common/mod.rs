@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use textkv::client::Client;
 
+pub mod faults;
+
 pub const KVSERVER: &str = env!("CARGO_BIN_EXE_kvserver");
 pub const KVCLIENT: &str = env!("CARGO_BIN_EXE_kvclient");
 

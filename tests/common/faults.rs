@@ -1,0 +1,162 @@
+//! Helpers for the fault tests (crash, full disk, floods): a seeded RNG, resource limits for
+//! the spawned server, its memory use, and a line-protocol connection with timeouts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// SplitMix64: small, seedable, good enough to pick keys and kill moments.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// A seed from `var` if set (to replay a failure), else from the clock; printed either way.
+    pub fn from_env(var: &str) -> Rng {
+        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        });
+        eprintln!("{var}={seed}");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.range(0, 100) < percent
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// A number from the environment, or `default`.
+pub fn env_or(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Makes the spawned process start with `resource` limited to `soft`/`hard`.
+pub fn with_rlimit(command: &mut Command, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) {
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Raises this process's soft limit on open files to at least `want` (up to the hard limit)
+/// and returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    limit.rlim_cur
+}
+
+/// A field of /proc/<pid>/status in KiB (`VmRSS`: resident now, `VmHWM`: peak resident).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A line-protocol connection that never blocks a test for long: every read and write has a
+/// timeout, and every failure is an error, not a panic (the server may have been killed).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    /// Sends one request line and returns the one-line reply (without its newline).
+    pub fn call(&mut self, request: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut line = Vec::with_capacity(request.len() + 1);
+        line.extend_from_slice(request);
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        self.read_line()
+    }
+
+    pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.reader.read_until(b'\n', &mut reply)?;
+        if reply.pop() != Some(b'\n') {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        Ok(reply)
+    }
+
+    /// Lines up to and including `END`.
+    pub fn call_until_end(&mut self, request: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+        let mut lines = vec![self.call(request)?];
+        while lines.last().map(Vec::as_slice) != Some(b"END") {
+            lines.push(self.read_line()?);
+        }
+        Ok(lines)
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.writer
+    }
+}
+
+/// `set <key> <escaped value>`.
+pub fn set_request(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut line = format!("set {key} ").into_bytes();
+    textkv::escape::escape_into(value, &mut line);
+    line
+}
+
+/// Decodes a `get` reply: `Some(value)` for `VALUE …`, `None` for `NOT_FOUND`.
+pub fn decode_get(reply: &[u8]) -> Option<Vec<u8>> {
+    if reply == b"NOT_FOUND" {
+        return None;
+    }
+    let escaped = reply.strip_prefix(b"VALUE ").unwrap_or_else(|| {
+        panic!("unexpected get reply: {}", String::from_utf8_lossy(reply));
+    });
+    Some(textkv::escape::unescape(escaped).expect("a VALUE reply is validly escaped"))
+}
+
+/// Asserts the server logged no panic.
+pub fn assert_no_panic(log: &str) {
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
