@@ -25,7 +25,7 @@ pub struct Config {
 
     /// Also serve memcached's ASCII protocol on this address (off unless given), over the same
     /// database and connection cap, so memcached clients and proxies such as twemproxy work
-    /// unchanged. Example: 127.0.0.1:11211. See docs/memcached.md.
+    /// unchanged. Example: 127.0.0.1:11211. See README, "memcached protocol".
     #[arg(long, value_name = "ADDR")]
     pub memcached: Option<SocketAddr>,
 
