@@ -44,6 +44,11 @@ impl std::error::Error for EscapeError {}
 
 /// Appends the escaped form of `value` to `out`.
 pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
+    // Fast path for the common case, plain printable ASCII: one copy, no UTF-8 decoding.
+    if value.iter().all(|&b| (b' '..=b'~').contains(&b) && b != b'\\') {
+        out.extend_from_slice(value);
+        return;
+    }
     for chunk in value.utf8_chunks() {
         let valid = chunk.valid().as_bytes();
         // Fast path: runs of printable bytes are copied in one go.

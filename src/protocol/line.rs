@@ -122,8 +122,17 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
         }
         return Ok(Request::Write(record));
     }
-    let word = word.to_ascii_lowercase();
-    match word.as_slice() {
+    // Command words are short: lower-case them on the stack, not in a heap copy.
+    let mut lower = [0u8; 8];
+    let word_lower = match lower.get_mut(..word.len()) {
+        Some(slot) => {
+            slot.copy_from_slice(word);
+            slot.make_ascii_lowercase();
+            &*slot
+        }
+        None => word,
+    };
+    match word_lower {
         b"get" => single_key(rest, "get <key>").map(Request::Get),
         b"keys" => match rest {
             None => Ok(Request::Keys(b"")),
@@ -140,7 +149,7 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
         b"ping" => no_args(rest, Request::Ping, "ping"),
         b"help" => no_args(rest, Request::Help, "help"),
         b"quit" => no_args(rest, Request::Quit, "quit"),
-        _ => Err(FormatError::unknown_command(&word).into()),
+        _ => Err(FormatError::unknown_command(word).into()),
     }
 }
 

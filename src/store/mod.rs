@@ -11,6 +11,7 @@
 mod compaction;
 pub mod format;
 pub mod index;
+mod mailbox;
 pub mod recovery;
 mod writer;
 
@@ -28,6 +29,7 @@ use parking_lot::Mutex;
 
 use index::Index;
 pub use index::{Item, ItemRef};
+use mailbox::Mailbox;
 pub use recovery::LoadError;
 
 /// When a write is made durable before it is acknowledged.
@@ -368,12 +370,7 @@ impl Store {
 
     /// Carries out one write and returns once it is durable under the fsync policy.
     pub fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
-        writer::REPLY.with(|(reply_tx, reply_rx)| {
-            self.tx
-                .send(writer::Msg::Write { op, reply: reply_tx.clone() })
-                .map_err(|_| StoreError::Closed)?;
-            self.wait_for(reply_rx)
-        })
+        self.write_many([op]).pop().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Carries out several writes in order and returns their outcomes in the same order, once
@@ -383,30 +380,22 @@ impl Store {
         &self,
         ops: impl IntoIterator<Item = WriteOp>,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
-        writer::REPLY.with(|(reply_tx, reply_rx)| {
-            let mut outcomes = Vec::new();
-            let mut submitted = 0;
-            for op in ops {
-                match self.tx.send(writer::Msg::Write { op, reply: reply_tx.clone() }) {
-                    Ok(()) => submitted += 1,
-                    Err(_) => outcomes.push(Err(StoreError::Closed)),
-                }
+        let mailbox = Mailbox::current();
+        let mut refused = 0;
+        let mut submitted = 0;
+        for op in ops {
+            match self.tx.send(writer::Msg::Write { op, reply: Arc::clone(&mailbox) }) {
+                Ok(()) => submitted += 1,
+                Err(_) => refused += 1,
             }
-            let mut results = Vec::with_capacity(submitted + outcomes.len());
-            for _ in 0..submitted {
-                // Once the writer is gone no later answer can come: don't wait for each.
-                let result = match results.last() {
-                    Some(Err(StoreError::Closed)) => Err(StoreError::Closed),
-                    _ => self.wait_for(reply_rx),
-                };
-                results.push(result);
-            }
-            results.append(&mut outcomes);
-            results
-        })
+        }
+        let mut results = Vec::with_capacity(submitted + refused);
+        mailbox.take(submitted, &mut results, || self.shared.writer_alive.load(Ordering::SeqCst));
+        results.extend((0..refused).map(|_| Err(StoreError::Closed)));
+        results
     }
 
-    /// Waits for the writer's answer; gives up if the writer is gone (it cannot answer then).
+    /// Waits for the writer's answer to a compaction request; gives up if the writer is gone.
     fn wait_for<T>(&self, reply: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
         loop {
             match reply.recv_timeout(Duration::from_secs(1)) {

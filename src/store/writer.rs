@@ -31,15 +31,8 @@ use parking_lot::Mutex;
 use super::compaction::{self, Compaction};
 use super::format::{encode_del, encode_set, MAX_EXPIRES_AT};
 use super::index::Item;
+use super::mailbox::{wake_all, Mailbox, Reply};
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
-
-type Reply = Result<WriteOutcome, StoreError>;
-
-thread_local! {
-    /// Each caller thread reuses one reply channel instead of allocating one per write. The
-    /// writer answers in submission order, so several writes may be in flight on it at once.
-    pub(crate) static REPLY: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::unbounded();
-}
 
 /// Most writes taken into one batch; bounds the batch buffer and the time to the first ack.
 const MAX_BATCH: usize = 4096;
@@ -47,7 +40,7 @@ const MAX_BATCH: usize = 4096;
 pub(crate) enum Msg {
     Write {
         op: WriteOp,
-        reply: Sender<Reply>,
+        reply: Arc<Mailbox>,
     },
     /// Start a compaction (if none is running) and answer when it has finished.
     Compact {
@@ -67,7 +60,8 @@ enum Effect {
 
 /// The state of a key as seen by later writes of the batch being decided.
 enum Pending {
-    Present(Item),
+    /// Set by the batch's effect at this index.
+    Present(usize),
     Absent,
 }
 
@@ -159,7 +153,7 @@ impl Writer {
             }
         }
         let _alive = Alive(Arc::clone(&self.shared));
-        let mut writes: Vec<(WriteOp, Sender<Reply>)> = Vec::new();
+        let mut writes: Vec<(WriteOp, Arc<Mailbox>)> = Vec::new();
         loop {
             if self.stopping && self.compaction.is_none() {
                 break;
@@ -198,7 +192,7 @@ impl Writer {
         self.last_cas
     }
 
-    fn write_batch(&mut self, writes: &mut Vec<(WriteOp, Sender<Reply>)>) {
+    fn write_batch(&mut self, writes: &mut Vec<(WriteOp, Arc<Mailbox>)>) {
         let now = unix_now();
         let mut pending: HashMap<Vec<u8>, Pending> = HashMap::new();
         let mut flushed = false;
@@ -206,7 +200,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut buf = Vec::new();
         for (op, _) in writes.iter() {
-            let (outcome, effect) = self.decide(op, now, &pending, flushed);
+            let (outcome, effect) = self.decide(op, now, &pending, &effects, flushed);
             if let Some(effect) = effect {
                 match &effect {
                     Effect::Set(key, item) => {
@@ -214,7 +208,7 @@ impl Writer {
                         let state = if item.is_expired(now) {
                             Pending::Absent
                         } else {
-                            Pending::Present(item.clone())
+                            Pending::Present(effects.len())
                         };
                         pending.insert(key.clone(), state);
                     }
@@ -251,9 +245,8 @@ impl Writer {
                 let error = StoreError::from(&e);
                 log::error!("write to {} failed, {} writes refused: {e}", self.path.display(), writes.len());
                 self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                for (_, reply) in writes.drain(..) {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                let count = writes.len();
+                answer(writes, std::iter::repeat_n(Err(error), count));
                 return;
             }
             if let Some(compaction) = &mut self.compaction {
@@ -266,24 +259,25 @@ impl Writer {
         }
         self.records += record_count;
         self.publish_counters();
-        for ((_, reply), outcome) in writes.drain(..).zip(outcomes) {
-            // A caller that gave up waiting is no reason to stop.
-            let _ = reply.send(Ok(outcome));
-        }
+        answer(writes, outcomes.into_iter().map(Ok));
     }
 
-    /// Decides one write. `pending` holds the keys earlier writes of this batch changed. The
-    /// op is left intact so that a failed batch can be retried write by write.
+    /// Decides one write. `pending` holds the keys earlier writes of this batch (`effects`)
+    /// changed. The op is left intact so that a failed batch can be retried write by write.
     fn decide(
         &mut self,
         op: &WriteOp,
         now: u64,
         pending: &HashMap<Vec<u8>, Pending>,
+        effects: &[Effect],
         flushed: bool,
     ) -> (WriteOutcome, Option<Effect>) {
         let current = |key: &[u8]| -> Option<Item> {
             match pending.get(key) {
-                Some(Pending::Present(item)) => Some(item.clone()),
+                Some(&Pending::Present(at)) => match &effects[at] {
+                    Effect::Set(_, item) => Some(item.clone()),
+                    Effect::Del(_) | Effect::Flush => None,
+                },
                 Some(Pending::Absent) => None,
                 None if flushed => None,
                 None => self.shared.index.get(key, now),
@@ -291,7 +285,8 @@ impl Writer {
         };
         match op {
             WriteOp::Store { key, value, flags, expires_at, mode } => {
-                let existing = current(key);
+                // A plain set does not depend on what is there: skip the lookup and its copy.
+                let existing = if *mode == StoreMode::Set { None } else { current(key) };
                 let (value, flags, expires_at) = match (*mode, existing) {
                     (StoreMode::Set, _) => (value.clone(), *flags, *expires_at),
                     (StoreMode::Add, None) => (value.clone(), *flags, *expires_at),
@@ -490,6 +485,16 @@ impl Writer {
             Err(e) => log::error!("compaction of {} failed, keeping the old log: {e}", self.path.display()),
         }
     }
+}
+
+/// Hands each write's answer to its caller's mailbox, then wakes each caller once.
+fn answer(writes: &mut Vec<(WriteOp, Arc<Mailbox>)>, replies: impl Iterator<Item = Reply>) {
+    let mut callers = Vec::with_capacity(writes.len());
+    for ((_, mailbox), reply) in writes.drain(..).zip(replies) {
+        mailbox.put(reply);
+        callers.push(mailbox);
+    }
+    wake_all(&mut callers);
 }
 
 /// memcached's rule: the value must be a decimal number of at most 20 digits that fits u64.
