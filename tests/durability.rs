@@ -207,7 +207,11 @@ fn automatic_compaction_starts_past_the_garbage_threshold() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(records < 100, "3000 writes of one key compacted to {records} records\n{}", server.log());
-    assert!(server.log().contains("starting automatic compaction"), "{}", server.log());
+    assert!(
+        server.wait_for_log("starting automatic compaction", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     assert_eq!(transcript(server.addr, b"get same\n"), b"VALUE value2999\n");
     drop(server);
     let file = fs::read_to_string(&db).unwrap();

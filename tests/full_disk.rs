@@ -83,8 +83,13 @@ fn writes_past_a_full_disk_fail_cleanly_and_succeed_again_once_space_is_back() {
     } else {
         assert_eq!(reply, b"ERROR out of disk space");
     }
+    // The log is read from the server's stderr by another thread: wait for the line.
+    assert!(
+        server.wait_for_log("write to", Duration::from_secs(10)),
+        "the failure is logged:\n{}",
+        server.log()
+    );
     let log = server.log();
-    assert!(log.contains("write to"), "the failure is logged:\n{log}");
     server.kill();
     assert_no_panic(&log);
 
