@@ -33,6 +33,8 @@ pub struct Server {
     pub listeners: Vec<(String, SocketAddr)>,
     pub db: PathBuf,
     log: Arc<Mutex<String>>,
+    /// The thread copying the server's stderr into `log`; it ends when the server exits.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Output of a server that exited by itself (e.g. refused to start).
@@ -84,7 +86,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<(String, SocketAddr)>();
         let log_writer = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(found) = parse_listening(&line) {
@@ -107,8 +109,8 @@ impl Server {
                 break;
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
-                // Let the log reader catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                // The process is gone, so its stderr ends: wait for the last lines.
+                let _ = log_reader.join();
                 return Err(Exited { status, log: log.lock().unwrap().clone() });
             }
             if Instant::now() > deadline {
@@ -122,7 +124,7 @@ impl Server {
             .find(|(protocol, _)| protocol == "line protocol")
             .map(|(_, addr)| *addr)
             .unwrap_or(listeners[0].1);
-        Ok(Server { child, addr, listeners, db: db.to_path_buf(), log })
+        Ok(Server { child, addr, listeners, db: db.to_path_buf(), log, log_reader: Some(log_reader) })
     }
 
     /// The address of the listener whose protocol name contains `protocol`.
@@ -178,7 +180,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                std::thread::sleep(Duration::from_millis(100));
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
                 return Exited { status, log: self.log() };
             }
             if Instant::now() > deadline {
