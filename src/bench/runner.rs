@@ -1,5 +1,8 @@
-//! The closed loop: one thread per connection, each sending a batch of `pipeline` requests in
-//! one write and reading their replies before sending the next batch.
+//! The closed loop: each connection sends a batch of `pipeline` requests in one write and
+//! reads their replies before sending the next batch. By default every connection has its own
+//! thread; with fewer threads (`--threads`), a thread sends one batch on each of its
+//! connections and then reads their replies in turn, as event-loop clients (memcaslap,
+//! redis-benchmark) do, which costs far fewer context switches on a small machine.
 //!
 //! Latency of a request is the time from the write of its batch to the parse of its reply, so
 //! with a pipeline it includes waiting behind the requests ahead of it (as memtier and
@@ -31,6 +34,9 @@ pub struct Spec {
     pub protocol: Protocol,
     pub addr: SocketAddr,
     pub connections: usize,
+    /// Threads driving the connections (at most `connections`); each thread sends one batch
+    /// on each of its connections, then reads their replies in turn.
+    pub threads: usize,
     pub pipeline: usize,
     pub keys: u64,
     pub value_size: usize,
@@ -246,48 +252,57 @@ struct Pending {
     version: u32,
 }
 
-struct Worker {
+/// One connection of a worker thread, with its share of the keys.
+struct Lane {
+    /// Connection number, 0 ≤ c < connections; it owns the keys `i % connections == c`.
     c: u64,
-    n: u64,
     conn: Conn,
-    shared: Arc<Shared>,
-    /// Version last written by this run to each owned key (index = key / n); 0 = none.
+    /// Version last written by this run to each owned key (index = key / connections).
     versions: Vec<u32>,
+    /// The requests of the batch in flight, in order.
     pending: Vec<Pending>,
+    sent: Option<Instant>,
+}
+
+/// What the lanes of one thread share.
+struct Ctx {
+    /// Connections in the run.
+    n: u64,
+    shared: Arc<Shared>,
     scratch: Vec<u8>,
     key: Vec<u8>,
     tally: Tally,
 }
 
-impl Worker {
-    fn push_set(&mut self, key: u64) -> Pending {
+impl Ctx {
+    fn push_set(&mut self, lane: &mut Lane, key: u64) {
         let slot = (key / self.n) as usize;
-        let version = self.versions[slot].wrapping_add(1).max(1);
-        self.versions[slot] = version;
+        let version = lane.versions[slot].wrapping_add(1).max(1);
+        lane.versions[slot] = version;
         self.key.clear();
         push_key(key, &mut self.key);
         let values = &self.shared.values;
         self.shared
             .spec
             .protocol
-            .push_set(&self.key, values.size(), &mut self.conn.out, |out| values.push(key, version, out));
-        Pending { key, get: false, version }
+            .push_set(&self.key, values.size(), &mut lane.conn.out, |out| values.push(key, version, out));
+        lane.pending.push(Pending { key, get: false, version });
     }
 
-    fn push_get(&mut self, key: u64) -> Pending {
+    fn push_get(&mut self, lane: &mut Lane, key: u64) {
         self.key.clear();
         push_key(key, &mut self.key);
-        self.shared.spec.protocol.push_get(&self.key, &mut self.conn.out);
-        let version = if key % self.n == self.c { self.versions[(key / self.n) as usize] } else { 0 };
-        Pending { key, get: true, version }
+        self.shared.spec.protocol.push_get(&self.key, &mut lane.conn.out);
+        let version = if key % self.n == lane.c { lane.versions[(key / self.n) as usize] } else { 0 };
+        lane.pending.push(Pending { key, get: true, version });
     }
 
-    /// Reads the replies of `self.pending`, checking each; records latency if `hist` is set.
-    fn collect(&mut self, sent: Option<Instant>) -> io::Result<()> {
-        for i in 0..self.pending.len() {
-            let p = self.pending[i];
-            let reply = self.conn.next_reply()?;
-            if let Some(sent) = sent {
+    /// Reads the replies of the lane's batch, checking each; records latency if `measure`.
+    fn collect(&mut self, lane: &mut Lane, measure: bool) -> io::Result<()> {
+        for i in 0..lane.pending.len() {
+            let p = lane.pending[i];
+            let reply = lane.conn.next_reply()?;
+            if let (true, Some(sent)) = (measure, lane.sent) {
                 let phase = self.shared.phase.load(Ordering::Relaxed);
                 self.tally.hist[phase].saturating_record(sent.elapsed().as_nanos() as u64);
             }
@@ -296,7 +311,7 @@ impl Worker {
                 (Reply::Value(range), true) => {
                     if p.version > 0 {
                         self.tally.verified += 1;
-                        let got = self.conn.bytes(range);
+                        let got = lane.conn.bytes(range);
                         if !self.shared.values.matches(p.key, p.version, got, &mut self.scratch) {
                             let shown = String::from_utf8_lossy(&got[..got.len().min(40)]).into_owned();
                             self.tally.fail(format!(
@@ -318,7 +333,7 @@ impl Worker {
                     if self.tally.errors == 1 {
                         eprintln!(
                             "kvbench: server error: {}",
-                            String::from_utf8_lossy(self.conn.bytes(range))
+                            String::from_utf8_lossy(lane.conn.bytes(range))
                         );
                     }
                 }
@@ -331,81 +346,107 @@ impl Worker {
                 }
             }
         }
-        self.pending.clear();
+        lane.pending.clear();
         Ok(())
     }
 
-    /// SETs (`write`) or GETs every owned key, pipelined, unmeasured.
-    fn bulk(&mut self, write: bool) -> io::Result<()> {
+    /// SETs (`write`) or GETs (those written in this run) every key the lane owns,
+    /// pipelined, unmeasured.
+    fn bulk(&mut self, lane: &mut Lane, write: bool) -> io::Result<()> {
         let depth = self.shared.spec.pipeline.max(BULK_PIPELINE);
-        let owned = self.versions.len();
+        let owned = lane.versions.len();
         let mut slot = 0;
         while slot < owned {
-            while slot < owned && self.pending.len() < depth {
-                let key = self.c + slot as u64 * self.n;
+            while slot < owned && lane.pending.len() < depth {
+                let key = lane.c + slot as u64 * self.n;
+                if write {
+                    self.push_set(lane, key);
+                } else if lane.versions[slot] > 0 {
+                    self.push_get(lane, key);
+                }
                 slot += 1;
-                let p = if write {
-                    self.push_set(key)
-                } else if self.versions[slot - 1] > 0 {
-                    self.push_get(key)
-                } else {
-                    continue;
-                };
-                self.pending.push(p);
             }
-            self.conn.send()?;
-            self.collect(None)?;
+            lane.sent = None;
+            lane.conn.send()?;
+            self.collect(lane, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// One thread: drives its lanes round-robin, one batch in flight on each.
+struct Worker {
+    id: u64,
+    lanes: Vec<Lane>,
+    ctx: Ctx,
+}
+
+impl Worker {
+    fn measured(&mut self, rng: &mut Rng, deadline: Instant) -> io::Result<()> {
+        let shared = Arc::clone(&self.ctx.shared);
+        let (keys, get_ratio) = (shared.spec.keys, shared.spec.get_ratio);
+        while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut sent_any = false;
+            for lane in &mut self.lanes {
+                let batch = take_batch(&shared);
+                if batch == 0 {
+                    break;
+                }
+                let owned = lane.versions.len() as u64;
+                for _ in 0..batch {
+                    if owned == 0 || rng.unit() < get_ratio {
+                        self.ctx.tally.gets += 1;
+                        self.ctx.push_get(lane, rng.below(keys));
+                    } else {
+                        self.ctx.tally.sets += 1;
+                        let key = lane.c + rng.below(owned) * self.ctx.n;
+                        self.ctx.push_set(lane, key);
+                    }
+                }
+                lane.sent = Some(Instant::now());
+                lane.conn.send()?;
+                self.ctx.tally.ops += batch as u64;
+                sent_any = true;
+            }
+            for lane in &mut self.lanes {
+                self.ctx.collect(lane, true)?;
+            }
+            if !sent_any {
+                break;
+            }
         }
         Ok(())
     }
 
-    fn measured(&mut self, rng: &mut Rng, deadline: Instant) -> io::Result<()> {
-        let spec = &self.shared.spec;
-        let (keys, get_ratio, owned) = (spec.keys, spec.get_ratio, self.versions.len() as u64);
-        while !self.shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let batch = take_batch(&self.shared);
-            if batch == 0 {
-                break;
-            }
-            for _ in 0..batch {
-                let p = if owned == 0 || rng.unit() < get_ratio {
-                    self.tally.gets += 1;
-                    self.push_get(rng.below(keys))
-                } else {
-                    self.tally.sets += 1;
-                    self.push_set(self.c + rng.below(owned) * self.n)
-                };
-                self.pending.push(p);
-            }
-            let sent = Instant::now();
-            self.conn.send()?;
-            self.collect(Some(sent))?;
-            self.tally.ops += batch as u64;
+    fn each_lane(&mut self, write: bool) -> io::Result<()> {
+        for lane in &mut self.lanes {
+            self.ctx.bulk(lane, write)?;
         }
         Ok(())
     }
 
     fn run(mut self) -> io::Result<Tally> {
         // Whatever fails, reach both barriers so that no other thread waits forever; a failure
-        // stops the other connections early.
-        let spec = self.shared.spec.clone();
-        let prefilled = if spec.prefill { self.bulk(true) } else { Ok(()) };
+        // stops the other threads early.
+        let shared = Arc::clone(&self.ctx.shared);
+        let spec = &shared.spec;
+        let prefilled = if spec.prefill { self.each_lane(true) } else { Ok(()) };
         if prefilled.is_err() {
-            self.shared.stop.store(true, Ordering::Relaxed);
+            shared.stop.store(true, Ordering::Relaxed);
         }
-        self.shared.ready.wait();
+        shared.ready.wait();
         let deadline = Instant::now() + spec.duration;
-        let mut rng = Rng::new(spec.seed ^ (self.c + 1).wrapping_mul(0x1000_0000_01b3));
+        let mut rng = Rng::new(spec.seed ^ (self.id + 1).wrapping_mul(0x1000_0000_01b3));
         let result = prefilled.and_then(|()| self.measured(&mut rng, deadline));
         if result.is_err() {
-            self.shared.stop.store(true, Ordering::Relaxed);
+            shared.stop.store(true, Ordering::Relaxed);
         }
-        self.shared.finished.wait();
+        shared.finished.wait();
         result?;
         if spec.verify {
-            self.bulk(false)?;
+            self.each_lane(false)?;
         }
-        Ok(self.tally)
+        Ok(self.ctx.tally)
     }
 }
 
@@ -436,38 +477,46 @@ fn compact(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
 /// Runs the whole benchmark: connect, prefill, measure, verify.
 pub fn run(spec: &Spec) -> Result<Outcome, RunError> {
     let n = spec.connections as u64;
+    let threads = spec.threads.clamp(1, spec.connections);
     let shared = Arc::new(Shared {
         spec: spec.clone(),
         values: Values::new(spec.seed, spec.value_size),
         budget: spec.requests.map(AtomicU64::new),
         stop: AtomicBool::new(false),
         phase: AtomicUsize::new(0),
-        ready: Barrier::new(spec.connections + 1),
-        finished: Barrier::new(spec.connections + 1),
+        ready: Barrier::new(threads + 1),
+        finished: Barrier::new(threads + 1),
     });
-    let mut workers = Vec::with_capacity(spec.connections);
+    let mut workers: Vec<Worker> = (0..threads as u64)
+        .map(|id| Worker {
+            id,
+            lanes: Vec::new(),
+            ctx: Ctx {
+                n,
+                shared: Arc::clone(&shared),
+                scratch: Vec::with_capacity(spec.value_size),
+                key: Vec::with_capacity(32),
+                tally: Tally::new(),
+            },
+        })
+        .collect();
     for c in 0..n {
         let conn = Conn::connect(spec.addr, spec.protocol, spec.timeout)
             .map_err(|e| RunError(format!("cannot connect to {}: {e}", spec.addr)))?;
-        workers.push(Worker {
+        workers[c as usize % threads].lanes.push(Lane {
             c,
-            n,
             conn,
-            shared: Arc::clone(&shared),
             versions: vec![0; owned_count(spec.keys, c, n)],
             pending: Vec::with_capacity(spec.pipeline.max(BULK_PIPELINE)),
-            scratch: Vec::with_capacity(spec.value_size),
-            key: Vec::with_capacity(32),
-            tally: Tally::new(),
+            sent: None,
         });
     }
     let started = Instant::now();
-    let threads: Vec<_> = workers
+    let handles: Vec<_> = workers
         .into_iter()
         .map(|w| {
-            let c = w.c;
             std::thread::Builder::new()
-                .name(format!("kvbench-{c}"))
+                .name(format!("kvbench-{}", w.id))
                 .spawn(move || w.run())
                 .map_err(|e| RunError(format!("cannot start a thread: {e}")))
         })
@@ -495,7 +544,7 @@ pub fn run(spec: &Spec) -> Result<Outcome, RunError> {
 
     let mut total = Tally::new();
     let mut failures = Vec::new();
-    for (c, thread) in threads.into_iter().enumerate() {
+    for (t, thread) in handles.into_iter().enumerate() {
         match thread.join() {
             Ok(Ok(t)) => {
                 total.ops += t.ops;
@@ -512,8 +561,8 @@ pub fn run(spec: &Spec) -> Result<Outcome, RunError> {
                     into.add(from).expect("same histogram bounds");
                 }
             }
-            Ok(Err(e)) => failures.push(format!("connection {c}: {e}")),
-            Err(_) => failures.push(format!("connection {c}: thread panicked")),
+            Ok(Err(e)) => failures.push(format!("thread {t}: {e}")),
+            Err(_) => failures.push(format!("thread {t}: panicked")),
         }
     }
     if let Some(e) = compact_error {

@@ -1,6 +1,6 @@
 //! `kvbench`: a closed-loop load generator for textkv, memcached and Redis.
 //!
-//! N connections (one thread each) send batches of `--pipeline` GET/SET requests, wait for
+//! N connections (one thread each, or spread over --threads) send batches of `--pipeline` GET/SET requests, wait for
 //! the replies, and send the next batch, for `--duration` seconds or `--requests` requests in
 //! total, whichever comes first. Prints one summary line per run (or one JSON object with
 //! `--json`): throughput and p50/p99/p99.9/max latency from an HDR histogram, plus the counts
@@ -39,6 +39,12 @@ struct Args {
     /// Connections, one thread each.
     #[arg(long, short = 'c', default_value_t = 8)]
     connections: usize,
+
+    /// Threads driving the connections; default one per connection. With fewer, each thread
+    /// sends a batch on each of its connections, then reads their replies in turn (closer to
+    /// an event-loop client such as memcaslap or redis-benchmark; less client CPU).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
 
     /// Requests written per batch (in one write) before reading their replies.
     #[arg(long, short = 'P', default_value_t = 1)]
@@ -144,6 +150,7 @@ fn spec(args: &Args) -> Result<Spec, String> {
         protocol: args.protocol,
         addr,
         connections: args.connections,
+        threads: args.threads.unwrap_or(args.connections).clamp(1, args.connections),
         pipeline: args.pipeline,
         keys: args.keys,
         value_size: args.value_size,
@@ -171,6 +178,7 @@ fn fields(args: &Args, out: &Outcome) -> Vec<(&'static str, String)> {
         ("protocol", format!("\"{}\"", args.protocol.name())),
         ("addr", format!("\"{}\"", args.addr)),
         ("connections", args.connections.to_string()),
+        ("threads", args.threads.unwrap_or(args.connections).clamp(1, args.connections).to_string()),
         ("pipeline", args.pipeline.to_string()),
         ("keys", args.keys.to_string()),
         ("value_size", args.value_size.to_string()),
