@@ -16,22 +16,29 @@
 #
 # Usage:
 #   bench/compare.sh                     full matrix (36 cells x 10 servers, ~1 h with defaults)
-#   QUICK=1 bench/compare.sh             tiny matrix, about a minute
+#   QUICK=1 bench/compare.sh             tiny matrix (32 B; 1 conn, 8 conns, 8 conns x pipeline 16;
+#                                        1 s, once), about 1.5 minutes
 #   REPEATS=3 CELL_SECS=5 bench/compare.sh
 #   SERVERS="redis-al tk-al" WORKLOADS=set SIZES=32 CONNS=50 PIPELINES=1 bench/compare.sh
+#   CELLS="1:1 50:16" bench/compare.sh   (explicit connections:pipeline pairs)
 # Other knobs: KEYS (100000), THREADS (client threads per run, max 2 by default: see
 # bench/VALIDATION.md), RESULTS_TSV (keep the raw results), KEEP_TMP=1.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 if [ -n "${QUICK:-}" ]; then
-  : "${WORKLOADS:=get set mix}" "${SIZES:=32}" "${CONNS:=8}" "${PIPELINES:=1 16}"
+  : "${WORKLOADS:=get set mix}" "${SIZES:=32}" "${CELLS:=1:1 8:1 8:16}"
   : "${CELL_SECS:=1}" "${REPEATS:=1}"
 fi
 WORKLOADS=${WORKLOADS:-get set mix}
 SIZES=${SIZES:-32 1024}
 CONNS=${CONNS:-1 8 50}
 PIPELINES=${PIPELINES:-1 16}
+# CELLS: "conns:pipeline" pairs; default every CONNS x PIPELINES combination.
+if [ -z "${CELLS:-}" ]; then
+  CELLS=""
+  for c in $CONNS; do for p in $PIPELINES; do CELLS="$CELLS $c:$p"; done; done
+fi
 CELL_SECS=${CELL_SECS:-3}
 REPEATS=${REPEATS:-3}
 KEYS=${KEYS:-100000}
@@ -60,7 +67,7 @@ ratio_of() { case $1 in get) echo 1 ;; set) echo 0 ;; mix) echo 0.5 ;; esac; }
 
 # run_cells NAME PROTOCOL PORT: every cell against one listener.
 run_cells() {
-  local name=$1 proto=$2 port=$3 size workload conns pipe rep line threads
+  local name=$1 proto=$2 port=$3 size workload cell conns pipe rep line threads
   for size in $SIZES; do
     # Prefill every key once and read them all back (a correctness check per server).
     line=$("$KVBENCH" --protocol "$proto" --addr "127.0.0.1:$port" -c 8 -t 2 -P 32 --keys "$KEYS" \
@@ -68,20 +75,19 @@ run_cells() {
       { echo "$name: prefill/verify failed: $line" >&2; return 1; }
     echo "$name $size B: prefilled $KEYS keys in $(field prefill_secs "$line") s, verified $(field verified "$line")" >&2
     for workload in $WORKLOADS; do
-      for conns in $CONNS; do
+      for cell in $CELLS; do
+        conns=${cell%:*} pipe=${cell#*:}
         threads=$(( conns < THREADS ? conns : THREADS ))
-        for pipe in $PIPELINES; do
-          for rep in $(seq "$REPEATS"); do
-            if ! line=$("$KVBENCH" --protocol "$proto" --addr "127.0.0.1:$port" -c "$conns" -t "$threads" \
-              -P "$pipe" --keys "$KEYS" --value-size "$size" --get-ratio "$(ratio_of "$workload")" \
-              --duration "$CELL_SECS" --seed "$((rep + 1))"); then
-              echo "$name $workload $size B c=$conns P=$pipe: kvbench failed: $line" >&2
-              continue
-            fi
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$workload" "$size" "$conns" "$pipe" "$rep" \
-              "$(field ops_per_sec "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" >>"$RESULTS_TSV"
-            echo "$name $workload ${size}B c=$conns P=$pipe #$rep: $(field ops_per_sec "$line") ops/s p50 $(field p50_us "$line") us" >&2
-          done
+        for rep in $(seq "$REPEATS"); do
+          if ! line=$("$KVBENCH" --protocol "$proto" --addr "127.0.0.1:$port" -c "$conns" -t "$threads" \
+            -P "$pipe" --keys "$KEYS" --value-size "$size" --get-ratio "$(ratio_of "$workload")" \
+            --duration "$CELL_SECS" --seed "$((rep + 1))"); then
+            echo "$name $workload $size B c=$conns P=$pipe: kvbench failed: $line" >&2
+            continue
+          fi
+          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$workload" "$size" "$conns" "$pipe" "$rep" \
+            "$(field ops_per_sec "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" >>"$RESULTS_TSV"
+          echo "$name $workload ${size}B c=$conns P=$pipe #$rep: $(field ops_per_sec "$line") ops/s p50 $(field p50_us "$line") us" >&2
         done
       done
     done
