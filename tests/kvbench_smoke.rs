@@ -87,3 +87,40 @@ fn kvbench_json_output_is_one_object_per_run() {
     assert!(line.contains("\"protocol\":\"line\""), "{line}");
     assert!(line.contains("\"verify_errors\":0"), "{line}");
 }
+
+/// A line-protocol server that stores nothing: it acknowledges every SET and answers every
+/// GET with the same wrong value. kvbench's verification must notice.
+fn forgetful_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let reply: &[u8] = if line.starts_with("set ") { b"STORED\n" } else { b"VALUE forgotten\n" };
+            if writer.write_all(reply).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn kvbench_verify_fails_when_the_server_returns_other_values() {
+    let (addr, server) = forgetful_server();
+    let output = Command::new(KVBENCH)
+        .args(["--protocol", "line", "--addr", &addr.to_string(), "--connections", "1", "--keys", "20"])
+        .args(["--requests", "50", "--duration", "20", "--timeout", "20", "--prefill", "--verify"])
+        .output()
+        .expect("run kvbench");
+    server.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "verification failures give exit 1: {stdout}");
+    let errors: u64 = field(&stdout, "verify_errors").parse().unwrap();
+    assert!(errors >= 20, "every one of the 20 keys read back is wrong: {stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected version"));
+}

@@ -26,7 +26,7 @@ use textkv::bench::runner::{self, Hist, Outcome, Spec};
 
 /// A closed-loop load generator for textkv (line or memcached protocol), memcached and Redis.
 #[derive(Debug, Parser)]
-#[command(name = "kvbench", version, about, long_about = None)]
+#[command(name = "kvbench", version)]
 struct Args {
     /// Wire protocol: textkv's line protocol, memcached ASCII, or Redis RESP (GET/SET only).
     #[arg(long, value_enum, default_value_t = Protocol::Line)]
@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: String,
 
-    /// Connections, one thread each.
+    /// Connections (each with its own thread unless --threads says fewer).
     #[arg(long, short = 'c', default_value_t = 8)]
     connections: usize,
 
