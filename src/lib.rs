@@ -5,7 +5,9 @@
 //! - [`protocol`]: the wire protocols that front the engine.
 //! - [`server`]: listeners, connection threads, limits and graceful shutdown.
 //! - [`client`]: a small blocking client for the line protocol (used by `kvclient`, tests).
+//! - [`bench`]: the engine of `kvbench`, the load generator (line, memcached and RESP).
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod escape;
