@@ -14,7 +14,7 @@
 //! A temporary file left by a crash is removed at the next start.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::format::encode_set;
+use super::index::SHARDS;
 use super::writer::Msg;
 use super::{unix_now, Shared, StoreError};
 
@@ -138,29 +139,34 @@ impl Compaction {
     }
 }
 
+/// Bytes of snapshot written between two fdatasyncs of the temporary file, so the kernel
+/// writes it back steadily instead of in one burst at the end that would stall the writer's
+/// own fsyncs.
+const SYNC_EVERY: u64 = 64 << 20;
+
 fn write_snapshot(temp: &Path, shared: &Shared) -> io::Result<Snapshot> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(temp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
     let now = unix_now();
     let header = format!("# textkv database, compacted at Unix time {now}; one record per line\n");
-    out.write_all(header.as_bytes())?;
+    file.write_all_at(header.as_bytes(), 0)?;
     let mut len = header.len() as u64;
+    let mut synced = 0u64;
     let mut records = 0u64;
-    let mut line = Vec::with_capacity(256);
-    let mut result = Ok(());
-    shared.index.for_each_shard(now, |key, item| {
-        if result.is_err() {
-            return;
+    let mut chunk = Vec::with_capacity(1 << 20);
+    for shard in 0..SHARDS {
+        chunk.clear();
+        shared.index.for_each_in_shard(shard, now, |key, item| {
+            encode_set(key, item.value, item.flags, item.expires_at, &mut chunk);
+            records += 1;
+        });
+        // The shard's lock is released: I/O happens while the writer can update it.
+        file.write_all_at(&chunk, len)?;
+        len += chunk.len() as u64;
+        if len - synced >= SYNC_EVERY {
+            file.sync_data()?;
+            synced = len;
         }
-        line.clear();
-        encode_set(key, item.value, item.flags, item.expires_at, &mut line);
-        result = out.write_all(&line);
-        len += line.len() as u64;
-        records += 1;
-    });
-    result?;
-    out.flush()?;
-    drop(out);
+    }
     file.sync_data()?;
     Ok(Snapshot { file, len, records })
 }

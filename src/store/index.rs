@@ -24,8 +24,9 @@ use std::hash::BuildHasher;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::RwLock;
 
-/// Number of shards; a power of two so the shard is picked with a mask.
-const SHARDS: usize = 64;
+/// Number of shards; a power of two so the shard is picked with a mask. Many small shards
+/// keep both lock contention and the time compaction holds one shard's read lock short.
+pub const SHARDS: usize = 256;
 
 /// One stored item, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,11 +159,13 @@ impl Default for Index {
 }
 
 impl Index {
-    /// The key's hash, and its shard (picked from the high bits, which the table itself uses
-    /// least).
+    /// The key's hash, and its shard. The shard comes from bits 32..40, which the table never
+    /// looks at: hashbrown takes the bucket from the low bits and the control byte from the
+    /// top 7, so sharding on either would leave every key of a shard agreeing on them (crowded
+    /// buckets or useless control bytes, and a key comparison on nearly every probe).
     fn locate(&self, key: &[u8]) -> (u64, &Shard) {
         let hash = self.hasher.hash_one(key);
-        (hash, &self.shards[(hash >> 58) as usize & (SHARDS - 1)])
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     fn rehash(&self) -> impl Fn(&Entry) -> u64 + '_ {
@@ -245,14 +248,20 @@ impl Index {
     }
 
     /// Visits every live item one shard at a time, holding only that shard's read lock while
-    /// `visit` runs for its items. Used by compaction, so the writer is held up for at most one
-    /// shard's worth of work.
+    /// `visit` runs for its items.
     pub fn for_each_shard(&self, now: u64, mut visit: impl FnMut(&[u8], ItemRef<'_>)) {
-        for shard in self.shards.iter() {
-            let shard = shard.read();
-            for entry in shard.iter().filter(|e| e.is_live(now)) {
-                visit(entry.key(), entry.item());
-            }
+        for shard in 0..SHARDS {
+            self.for_each_in_shard(shard, now, &mut visit);
+        }
+    }
+
+    /// Visits the live items of shard number `shard` (0..[`SHARDS`]) under its read lock.
+    /// Compaction encodes one shard into memory this way and writes it out after the lock is
+    /// released, so the writer is held up for at most one shard's encoding, never for I/O.
+    pub fn for_each_in_shard(&self, shard: usize, now: u64, mut visit: impl FnMut(&[u8], ItemRef<'_>)) {
+        let shard = self.shards[shard].read();
+        for entry in shard.iter().filter(|e| e.is_live(now)) {
+            visit(entry.key(), entry.item());
         }
     }
 }
