@@ -77,6 +77,9 @@ impl Config {
                 self.compact_garbage_ratio
             ));
         }
+        if u32::try_from(self.max_value_bytes).is_err() {
+            return Err("--max-value-bytes must be below 4 GiB".into());
+        }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }

@@ -4,11 +4,12 @@
 //! allocation holding a small header, the key and the value:
 //!
 //! ```text
-//! [tag: u8][key length: u8][cas: u64][flags: u32, if tag & HAS_FLAGS][expiry: u32, if tag & HAS_EXPIRY][key][value]
+//! [tag: u8][key length: u8][cas: u64][value length: u32]
+//! [flags: u32, if tag & HAS_FLAGS][expiry: u32, if tag & HAS_EXPIRY][key][value]
 //! ```
 //!
 //! Flags and expiry are stored only when they are not zero, which they are for every item
-//! written through the line protocol. The table holds just that boxed slice (16 bytes per
+//! written through the line protocol. The table holds just a thin pointer to it (8 bytes per
 //! slot), in a `hashbrown::HashTable` so a key is hashed once for both the shard and the slot.
 //! The hash is hashbrown's default (foldhash), seeded randomly per process: several times
 //! faster than SipHash on short keys, while keys chosen by a client still cannot be made to
@@ -20,6 +21,7 @@
 //! updating. Readers never touch the writer's channel or the file.
 
 use std::hash::BuildHasher;
+use std::ptr::NonNull;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::RwLock;
@@ -72,20 +74,30 @@ fn is_expired(expires_at: u64, now: u64) -> bool {
 
 const HAS_FLAGS: u8 = 1;
 const HAS_EXPIRY: u8 = 2;
-const FIXED_HEADER: usize = 10;
+/// tag (1) + key length (1) + CAS (8) + value length (4).
+const FIXED_HEADER: usize = 14;
 
-/// An item in its single allocation.
-struct Entry(Box<[u8]>);
+/// An item in its single allocation, behind a thin pointer: the table slot is 8 bytes, and
+/// the allocation's length is read from its own header (a `Box<[u8]>` would spend another 8
+/// bytes of every slot on it).
+struct Entry(NonNull<u8>);
+
+// SAFETY: an `Entry` owns its allocation exclusively, like a `Box<[u8]>`, and exposes it only
+// through `&self` methods that read it.
+unsafe impl Send for Entry {}
+unsafe impl Sync for Entry {}
 
 impl Entry {
     fn new(key: &[u8], item: ItemRef<'_>) -> Entry {
-        debug_assert!(!key.is_empty() && key.len() <= u8::MAX as usize);
+        assert!(!key.is_empty() && key.len() <= usize::from(u8::MAX), "key length checked by the protocols");
+        let value_len = u32::try_from(item.value.len()).expect("--max-value-bytes is below 4 GiB");
         let expires_at = u32::try_from(item.expires_at).unwrap_or(u32::MAX);
         let tag = if item.flags != 0 { HAS_FLAGS } else { 0 } | if expires_at != 0 { HAS_EXPIRY } else { 0 };
         let mut bytes = Vec::with_capacity(Entry::header_len(tag) + key.len() + item.value.len());
         bytes.push(tag);
         bytes.push(key.len() as u8);
         bytes.extend_from_slice(&item.cas.to_le_bytes());
+        bytes.extend_from_slice(&value_len.to_le_bytes());
         if tag & HAS_FLAGS != 0 {
             bytes.extend_from_slice(&item.flags.to_le_bytes());
         }
@@ -94,42 +106,55 @@ impl Entry {
         }
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(item.value);
-        Entry(bytes.into_boxed_slice())
+        let raw = Box::into_raw(bytes.into_boxed_slice());
+        // SAFETY: `Box::into_raw` never returns null; the slice is at least FIXED_HEADER long.
+        Entry(unsafe { NonNull::new_unchecked(raw.cast::<u8>()) })
     }
 
     fn header_len(tag: u8) -> usize {
         FIXED_HEADER + 4 * usize::from(tag & HAS_FLAGS != 0) + 4 * usize::from(tag & HAS_EXPIRY != 0)
     }
 
-    fn tag(&self) -> u8 {
-        self.0[0]
+    /// The whole allocation.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: every allocation starts with a FIXED_HEADER-byte header, whose fields give
+        // the length the allocation was made with in `new`.
+        unsafe {
+            let header = std::slice::from_raw_parts(self.0.as_ptr(), FIXED_HEADER);
+            let value_len = u32::from_le_bytes([header[10], header[11], header[12], header[13]]) as usize;
+            let len = Entry::header_len(header[0]) + usize::from(header[1]) + value_len;
+            std::slice::from_raw_parts(self.0.as_ptr(), len)
+        }
     }
 
-    fn u32_at(&self, at: usize) -> u32 {
-        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
     }
 
     fn key(&self) -> &[u8] {
-        let start = Entry::header_len(self.tag());
-        &self.0[start..start + self.0[1] as usize]
+        let bytes = self.bytes();
+        let start = Entry::header_len(bytes[0]);
+        &bytes[start..start + usize::from(bytes[1])]
     }
 
     fn expires_at(&self) -> u64 {
-        match self.tag() {
+        let bytes = self.bytes();
+        match bytes[0] {
             tag if tag & HAS_EXPIRY != 0 => {
-                u64::from(self.u32_at(FIXED_HEADER + 4 * usize::from(tag & HAS_FLAGS)))
+                u64::from(Entry::u32_at(bytes, FIXED_HEADER + 4 * usize::from(tag & HAS_FLAGS)))
             }
             _ => 0,
         }
     }
 
     fn item(&self) -> ItemRef<'_> {
-        let tag = self.tag();
+        let bytes = self.bytes();
+        let tag = bytes[0];
         let mut cas = [0; 8];
-        cas.copy_from_slice(&self.0[2..10]);
+        cas.copy_from_slice(&bytes[2..10]);
         ItemRef {
-            value: &self.0[Entry::header_len(tag) + self.0[1] as usize..],
-            flags: if tag & HAS_FLAGS != 0 { self.u32_at(FIXED_HEADER) } else { 0 },
+            value: &bytes[Entry::header_len(tag) + usize::from(bytes[1])..],
+            flags: if tag & HAS_FLAGS != 0 { Entry::u32_at(bytes, FIXED_HEADER) } else { 0 },
             expires_at: self.expires_at(),
             cas: u64::from_le_bytes(cas),
         }
@@ -137,6 +162,15 @@ impl Entry {
 
     fn is_live(&self, now: u64) -> bool {
         !is_expired(self.expires_at(), now)
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let len = self.bytes().len();
+        // SAFETY: rebuilds exactly the boxed slice `new` leaked (same pointer and length),
+        // once: `Entry` is not `Clone`.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.0.as_ptr(), len))) }
     }
 }
 
