@@ -436,3 +436,17 @@ fn a_full_disk_is_a_server_error_and_the_connection_goes_on() {
         "SERVER_ERROR out of disk space\r\nSTORED\r\nVALUE small 0 2\r\nok\r\nEND\r\n"
     );
 }
+
+#[test]
+fn pipelined_storage_commands_are_decided_in_order_and_reads_see_them() {
+    let (_dir, db) = temp_db();
+    let (_server, addr) = start(&db, &[]);
+    // One write: the storage commands are submitted together, yet each is decided after the
+    // one before it, a bad one is answered in its place, and the get sees all of them.
+    let request = b"add k 0 0 1\r\na\r\nadd k 0 0 1\r\nb\r\nappend k 0 0 1\r\nc\r\n\
+                    set bad 0 0 1\r\nxyz\r\nreplace k 0 0 1 noreply\r\nd\r\nprepend k 0 0 1\r\ne\r\nget k\r\n";
+    assert_eq!(
+        text(transcript(addr, request)),
+        "STORED\r\nNOT_STORED\r\nSTORED\r\nCLIENT_ERROR bad data chunk\r\nSTORED\r\nVALUE k 0 2\r\ned\r\nEND\r\n"
+    );
+}
