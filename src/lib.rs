@@ -5,7 +5,9 @@
 //! - [`protocol`]: the wire protocols that front the engine.
 //! - [`server`]: listeners, connection threads, limits and graceful shutdown.
 //! - [`client`]: a small blocking client for the line protocol (used by `kvclient`, tests).
+//! - [`auth`] and [`tls`]: users, roles and logins (`--users`); TLS on every listener.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod escape;
@@ -13,3 +15,4 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
