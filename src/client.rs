@@ -52,6 +52,8 @@ pub enum ClientError {
     Server(String),
     /// The server answered something this client does not understand.
     Protocol(String),
+    /// The client could not be set up (a CA file, a password), before any request.
+    Setup(String),
 }
 
 impl fmt::Display for ClientError {
@@ -64,6 +66,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Server(reason) => write!(f, "server error: {reason}"),
             ClientError::Protocol(reply) => write!(f, "unexpected reply: {reply}"),
+            ClientError::Setup(reason) => f.write_str(reason),
         }
     }
 }

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
 /// Connects as the arguments say: TLS or not, then `auth` if `--user` was given.
 fn connect(args: &Args) -> Result<Client, ClientError> {
     let mut client = if args.tls {
-        let config = textkv::tls::client_config(args.ca.as_deref()).map_err(ClientError::Protocol)?;
+        let config = textkv::tls::client_config(args.ca.as_deref()).map_err(ClientError::Setup)?;
         Client::connect_tls(&args.addr, config)?
     } else {
         Client::connect(&args.addr)?
@@ -101,7 +101,7 @@ fn connect(args: &Args) -> Result<Client, ClientError> {
         let password = match std::env::var(PASSWORD_VAR) {
             Ok(password) => password,
             Err(_) => rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
-                ClientError::Protocol(format!("cannot read a password ({e}); set {PASSWORD_VAR}"))
+                ClientError::Setup(format!("cannot read a password ({e}); set {PASSWORD_VAR}"))
             })?,
         };
         client.auth(user, &password)?;

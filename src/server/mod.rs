@@ -138,12 +138,14 @@ impl Server {
     /// Serves already-bound listeners until shutdown, then drains connections and closes the
     /// store. Taking bound listeners lets callers (and tests) bind port 0.
     pub fn serve(self, listeners: Vec<(TcpListener, Protocol)>) -> io::Result<()> {
+        if self.tls.is_some() {
+            log::info!("TLS on every listener");
+        }
         let mut accept_threads = Vec::new();
         for (listener, protocol) in listeners {
             let addr = listener.local_addr()?;
             self.state.listen_addrs.lock().push(addr);
-            let tls = if self.tls.is_some() { ", TLS" } else { "" };
-            log::info!("listening on {addr} ({}){tls}", protocol.name());
+            log::info!("listening on {addr} ({})", protocol.name());
             let acceptor = Acceptor {
                 listener,
                 protocol,
