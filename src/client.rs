@@ -3,11 +3,17 @@
 //! The client knows each command's reply shape: `keys`, `stats` and `help` answer with lines
 //! up to `END` (or a single `ERROR` line), blank and comment lines get no reply, `quit` ends
 //! the connection, and everything else answers with one line.
+//!
+//! Over TLS ([`Client::connect_tls`]) the client owns one rustls stream, which cannot be
+//! shared between threads, so [`Client::try_clone`] works only on plain connections.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 use crate::escape::{escape_into, unescape};
 use crate::store::format::split_token;
@@ -46,6 +52,8 @@ pub enum ClientError {
     Server(String),
     /// The server answered something this client does not understand.
     Protocol(String),
+    /// The client could not be set up (a CA file, a password), before any request.
+    Setup(String),
 }
 
 impl fmt::Display for ClientError {
@@ -58,6 +66,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Server(reason) => write!(f, "server error: {reason}"),
             ClientError::Protocol(reply) => write!(f, "unexpected reply: {reply}"),
+            ClientError::Setup(reason) => f.write_str(reason),
         }
     }
 }
@@ -70,48 +79,107 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// The connection under a [`Client`].
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buf),
+            Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buf),
+            Transport::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Requests buffered before [`Client::send`] writes them out by itself.
+const SEND_BUFFER: usize = 64 * 1024;
+
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    stream: BufReader<Transport>,
+    /// Requests not yet written (see [`Client::flush`]).
+    out: Vec<u8>,
 }
 
 impl Client {
     pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        Ok(Client::new(Transport::Plain(tcp_connect(addr)?)))
+    }
+
+    /// Connects over TLS, checking the server's certificate against `config`'s roots and the
+    /// host part of `addr` (a name or an IP address). The handshake happens here, so a
+    /// certificate problem is reported as a connection error.
+    pub fn connect_tls(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Client, ClientError> {
         let connect_error = |error| ClientError::Connect { addr: addr.to_string(), error };
-        let addrs = addr.to_socket_addrs().map_err(connect_error)?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
-        for candidate in addrs {
-            match TcpStream::connect_timeout(&candidate, Duration::from_secs(5)) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return Ok(Client {
-                        reader: BufReader::new(stream.try_clone()?),
-                        writer: BufWriter::new(stream),
-                    });
-                }
-                Err(e) => last = e,
-            }
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| connect_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let mut socket = tcp_connect(addr)?;
+        let mut tls =
+            rustls::ClientConnection::new(config, name).map_err(|e| connect_error(io::Error::other(e)))?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut socket).map_err(connect_error)?;
         }
-        Err(connect_error(last))
+        Ok(Client::new(Transport::Tls(Box::new(rustls::StreamOwned::new(tls, socket)))))
+    }
+
+    fn new(transport: Transport) -> Client {
+        Client { stream: BufReader::new(transport), out: Vec::new() }
+    }
+
+    /// Logs in (`auth`); a refusal is [`ClientError::Server`].
+    pub fn auth(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        match self.single(format!("auth {user} {password}").as_bytes())?.as_slice() {
+            b"OK" => Ok(()),
+            other => Err(Self::protocol_error(other)),
+        }
     }
 
     /// A second handle on the same connection, so one thread can send while another reads.
+    /// Plain connections only: a TLS session has one owner.
     pub fn try_clone(&self) -> io::Result<Client> {
-        let stream = self.writer.get_ref();
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: BufWriter::new(stream.try_clone()?),
-        })
+        match self.stream.get_ref() {
+            Transport::Plain(stream) => Ok(Client::new(Transport::Plain(stream.try_clone()?))),
+            Transport::Tls(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "a TLS connection cannot be shared"))
+            }
+        }
     }
 
     /// Sends one raw request line without waiting for its reply (for pipelining).
     pub fn send(&mut self, line: &[u8]) -> io::Result<()> {
-        self.writer.write_all(line)?;
-        self.writer.write_all(b"\n")
+        self.out.extend_from_slice(line);
+        self.out.push(b'\n');
+        if self.out.len() >= SEND_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        let stream = self.stream.get_mut();
+        stream.write_all(&self.out)?;
+        self.out.clear();
+        stream.flush()
     }
 
     /// Reads the reply to a request of the given shape: its lines without line endings (the
@@ -131,7 +199,12 @@ impl Client {
             },
             ReplyShape::Closes => {
                 let mut rest = Vec::new();
-                io::Read::read_to_end(&mut self.reader, &mut rest)?;
+                if let Err(e) = self.stream.read_to_end(&mut rest) {
+                    // A TLS peer that closes without close_notify reports UnexpectedEof.
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(lines)
@@ -139,7 +212,7 @@ impl Client {
 
     fn read_line(&mut self) -> io::Result<Vec<u8>> {
         let mut line = Vec::new();
-        if self.reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+        if self.stream.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
         }
         line.pop();
@@ -199,6 +272,22 @@ impl Client {
             other => Err(Self::protocol_error(other)),
         }
     }
+}
+
+fn tcp_connect(addr: &str) -> Result<TcpStream, ClientError> {
+    let connect_error = |error| ClientError::Connect { addr: addr.to_string(), error };
+    let addrs = addr.to_socket_addrs().map_err(connect_error)?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
+    for candidate in addrs {
+        match TcpStream::connect_timeout(&candidate, Duration::from_secs(5)) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(connect_error(last))
 }
 
 #[cfg(test)]

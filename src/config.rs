@@ -66,6 +66,21 @@ pub struct Config {
     /// to start.
     #[arg(long)]
     pub repair: bool,
+
+    /// Users file: one `name:hash:role` line per user (`kvserver hash-password` prints one).
+    /// With it every connection must log in, and each user's role (read, write or admin)
+    /// limits what they may do. See README "Security".
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// Serve every listener over TLS with this certificate chain (PEM); needs --tls-key.
+    /// Reloaded, with the key, on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {

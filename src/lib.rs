@@ -6,7 +6,9 @@
 //! - [`server`]: listeners, connection threads, limits and graceful shutdown.
 //! - [`client`]: a small blocking client for the line protocol (used by `kvclient`, tests).
 //! - [`bench`]: the engine of `kvbench`, the load generator (line, memcached and RESP).
+//! - [`auth`] and [`tls`]: users, roles and logins (`--users`); TLS on every listener.
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -15,3 +17,4 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;

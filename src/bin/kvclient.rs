@@ -2,10 +2,16 @@
 //!
 //! Exit codes: 0 success; 1 `get`/`del` of a missing key; 2 any error (cannot connect,
 //! `ERROR` reply, broken connection). In pipe mode: 2 if any request got `ERROR`.
+//!
+//! `--tls` connects over TLS (`--ca` names the CA or self-signed certificate to trust;
+//! default: the system's bundle). `--user` logs in first, with the password from
+//! `KVCLIENT_PASSWORD` or typed at the terminal without echo. Over TLS, pipe mode sends one
+//! request at a time (a TLS session cannot be shared by the sending and reading threads).
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
 
@@ -22,6 +28,20 @@ struct Args {
     /// Server address (host:port).
     #[arg(long, default_value = "127.0.0.1:7878", global = true)]
     addr: String,
+
+    /// Connect over TLS (the server runs with --tls-cert and --tls-key).
+    #[arg(long, global = true)]
+    tls: bool,
+
+    /// With --tls: trust the certificates in this PEM file (a private CA, or the server's own
+    /// self-signed certificate) instead of the system's CA bundle.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls")]
+    ca: Option<PathBuf>,
+
+    /// Log in as this user (the server runs with --users). The password comes from the
+    /// KVCLIENT_PASSWORD environment variable, or is asked for on the terminal.
+    #[arg(long, value_name = "NAME", global = true)]
+    user: Option<String>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -50,12 +70,15 @@ enum Command {
     Compact,
 }
 
+/// Environment variable holding the password for `--user`.
+const PASSWORD_VAR: &str = "KVCLIENT_PASSWORD";
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Some(command) => one_shot(&args.addr, command),
-        None if io::stdin().is_terminal() => repl(&args.addr),
-        None => pipe(&args.addr),
+        Some(ref command) => one_shot(&args, command),
+        None if io::stdin().is_terminal() => repl(&args),
+        None => pipe(&args),
     };
     match result {
         Ok(code) => code,
@@ -66,8 +89,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn one_shot(addr: &str, command: Command) -> Result<ExitCode, ClientError> {
-    let mut client = Client::connect(addr)?;
+/// Connects as the arguments say: TLS or not, then `auth` if `--user` was given.
+fn connect(args: &Args) -> Result<Client, ClientError> {
+    let mut client = if args.tls {
+        let config = textkv::tls::client_config(args.ca.as_deref()).map_err(ClientError::Setup)?;
+        Client::connect_tls(&args.addr, config)?
+    } else {
+        Client::connect(&args.addr)?
+    };
+    if let Some(user) = &args.user {
+        let password = match std::env::var(PASSWORD_VAR) {
+            Ok(password) => password,
+            Err(_) => rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
+                ClientError::Setup(format!("cannot read a password ({e}); set {PASSWORD_VAR}"))
+            })?,
+        };
+        client.auth(user, &password)?;
+    }
+    Ok(client)
+}
+
+fn one_shot(args: &Args, command: &Command) -> Result<ExitCode, ClientError> {
+    let mut client = connect(args)?;
     let mut stdout = io::stdout().lock();
     match command {
         Command::Get { key } => match client.get(key.as_bytes())? {
@@ -139,8 +182,11 @@ fn expect(client: &mut Client, line: &[u8], wanted: &[u8], out: &mut impl Write)
 /// Standard input is not a terminal: send every line, print every reply. Requests are
 /// pipelined (a sender thread writes while this thread reads), so replaying a large file
 /// does not cost a round trip per line.
-fn pipe(addr: &str) -> Result<ExitCode, ClientError> {
-    let mut client = Client::connect(addr)?;
+fn pipe(args: &Args) -> Result<ExitCode, ClientError> {
+    let mut client = connect(args)?;
+    if args.tls {
+        return pipe_one_at_a_time(&mut client);
+    }
     let mut sender = client.try_clone()?;
     let (shapes_tx, shapes_rx) = crossbeam_channel::bounded::<ReplyShape>(4096);
     let writer = thread::spawn(move || -> io::Result<()> {
@@ -180,11 +226,35 @@ fn pipe(addr: &str) -> Result<ExitCode, ClientError> {
     Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
+/// Pipe mode over TLS: each request is answered before the next is sent.
+fn pipe_one_at_a_time(client: &mut Client) -> Result<ExitCode, ClientError> {
+    let mut stdout = io::stdout().lock();
+    let mut failed = false;
+    for line in io::stdin().lock().split(b'\n') {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let shape = reply_shape(&line);
+        for reply in client.request(&line)? {
+            failed |= reply.starts_with(b"ERROR");
+            stdout.write_all(&reply)?;
+            stdout.write_all(b"\n")?;
+        }
+        if shape == ReplyShape::Closes {
+            break;
+        }
+    }
+    stdout.flush()?;
+    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
 /// The interactive prompt: line editing and history (rustyline); each line goes to the server
 /// as typed and the reply is shown. `VALUE` replies are shown as sent (escaped), so they can be
 /// pasted back into `set`.
-fn repl(addr: &str) -> Result<ExitCode, ClientError> {
-    let mut client = Client::connect(addr)?;
+fn repl(args: &Args) -> Result<ExitCode, ClientError> {
+    let addr = &args.addr;
+    let mut client = connect(args)?;
     let mut editor = rustyline::DefaultEditor::new().map_err(|e| ClientError::Protocol(e.to_string()))?;
     let history =
         std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".kvclient_history"));
@@ -204,7 +274,10 @@ fn repl(addr: &str) -> Result<ExitCode, ClientError> {
         if line.trim().is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(line);
+        if !line.trim_start().to_ascii_lowercase().starts_with("auth ") {
+            // A password must not end up in ~/.kvclient_history.
+            let _ = editor.add_history_entry(line);
+        }
         if reply_shape(line.as_bytes()) == ReplyShape::Closes || line.trim() == "exit" {
             break;
         }

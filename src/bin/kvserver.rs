@@ -1,24 +1,58 @@
-//! `kvserver`: parse the command line, open the database, serve until SIGINT/SIGTERM.
+//! `kvserver`: parse the command line, open the database, serve until SIGINT/SIGTERM (SIGHUP
+//! reloads the TLS certificate). `kvserver hash-password` makes a users-file line.
 
+use std::io::{self, IsTerminal};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
+use textkv::auth::{self, Role, Users};
 use textkv::config::Config;
 use textkv::protocol::Context;
 use textkv::server::{Protocol, Server};
 use textkv::stats::ServerStats;
 use textkv::store::Store;
+use textkv::tls::{self, CertStore};
+
+/// A durable key-value server whose database is a plain, human-readable text file.
+#[derive(Debug, Parser)]
+#[command(name = "kvserver", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Print a users-file line (`name:hash:role`) for a new password. The password is read
+    /// from the terminal without echo (twice), or as one line from standard input when that
+    /// is not a terminal.
+    HashPassword {
+        /// The user's name: letters, digits, '_', '-', '.' or '@'.
+        #[arg(long)]
+        user: String,
+        /// What the user may do: read, write (and read) or admin (everything).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+    },
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = Config::parse();
-    match run(&config) {
+    let cli = Cli::parse();
+    let result = match cli.tool {
+        Some(Tool::HashPassword { user, role }) => hash_password(&user, &role),
+        None => run(&cli.config),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             log::error!("{message}");
@@ -32,8 +66,20 @@ fn run(config: &Config) -> Result<(), String> {
     // With a file size limit (RLIMIT_FSIZE) SIGXFSZ would kill the process; handled, the write
     // fails with EFBIG instead and the client gets "out of disk space".
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false))).map_err(|e| e.to_string())?;
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let users = match &config.users {
+        Some(path) => {
+            let users = Users::load(path)?;
+            log::info!("authentication on: {} users from {}", users.len(), path.display());
+            Some(Arc::new(users))
+        }
+        None => None,
+    };
+    let certs = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(CertStore::load(cert, key)?)),
+        _ => None,
+    };
 
     let store = Store::open(config.store()).map_err(|e| e.to_string())?;
     let stats = store.stats();
@@ -46,23 +92,37 @@ fn run(config: &Config) -> Result<(), String> {
         stats.load_millis,
         config.fsync
     );
-    let mut listeners = vec![(bind(config.listen)?, Protocol::Line)];
+    let mut listeners = vec![(bind(config.listen, config)?, Protocol::Line)];
     if let Some(addr) = config.memcached {
-        listeners.push((bind(addr)?, Protocol::Memcached));
+        listeners.push((bind(addr, config)?, Protocol::Memcached));
     }
     let ctx = Arc::new(Context {
         store: Arc::new(store),
         stats: Arc::new(ServerStats::default()),
         limits: config.limits(),
+        users,
     });
-    let server = Server::new(ctx, config.server());
+    let mut server = Server::new(ctx, config.server());
+    if let Some(certs) = &certs {
+        server = server.with_tls(tls::server_config(Arc::clone(certs))?);
+    }
     let handle = server.shutdown_handle();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                log::info!("received signal {signal}, shutting down");
-                handle.shutdown();
+            for signal in signals.forever() {
+                if signal != SIGHUP {
+                    log::info!("received signal {signal}, shutting down");
+                    handle.shutdown();
+                    break;
+                }
+                match &certs {
+                    Some(certs) => match certs.reload() {
+                        Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate and key"),
+                        Err(e) => log::error!("SIGHUP: keeping the current TLS certificate: {e}"),
+                    },
+                    None => log::info!("SIGHUP: nothing to reload (no TLS)"),
+                }
             }
         })
         .map_err(|e| e.to_string())?;
@@ -71,12 +131,49 @@ fn run(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+fn bind(addr: SocketAddr, config: &Config) -> Result<TcpListener, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     if !addr.ip().is_loopback() {
-        log::warn!(
-            "listening on non-loopback address {addr}: anyone who can reach it can read and write every key"
-        );
+        if config.users.is_none() {
+            log::warn!(
+                "UNPROTECTED: listening on non-loopback address {addr} without --users: anyone who can \
+                 reach it can read, change and delete every key. Give a users file (--users) and TLS \
+                 (--tls-cert, --tls-key), or listen on 127.0.0.1"
+            );
+        } else if config.tls_cert.is_none() {
+            log::warn!(
+                "listening on non-loopback address {addr} without TLS: passwords and data cross the \
+                 network in clear; use --tls-cert and --tls-key"
+            );
+        }
     }
     Ok(listener)
+}
+
+/// `kvserver hash-password`: prints `name:hash:role` for the users file.
+fn hash_password(user: &str, role: &str) -> Result<(), String> {
+    auth::validate_name(user)?;
+    let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?}"))?;
+    let password = read_password()?;
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    println!("{user}:{}:{role}", auth::hash_password(password.as_bytes())?);
+    Ok(())
+}
+
+/// The new password: typed twice without echo on a terminal, else one line of stdin.
+fn read_password() -> Result<String, String> {
+    if io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the two passwords differ".into());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(password.strip_suffix('\r').unwrap_or(password).to_string())
 }

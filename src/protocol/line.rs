@@ -15,16 +15,25 @@
 //! ping                           PONG
 //! help                           command list… END
 //! quit                           (closes the connection)
+//! auth <user> <password>         OK | ERROR invalid credentials
 //! anything wrong                 ERROR <reason>
 //! ```
+//!
+//! With `--users`, a connection must `auth` before anything but `quit`
+//! (`ERROR authentication required`), and a command beyond the user's role gets
+//! `ERROR permission denied` and changes nothing: `read` may get, keys, stats, ping and help;
+//! `write` also set, setmeta and del; `admin` also flush and compact. The password is the rest
+//! of the `auth` line, so it may contain spaces.
 //!
 //! Blank lines and lines starting with `#` get no reply, so a `database.txt` (whose lines are
 //! exactly `set`/`setmeta`/`del`/`flush` requests) can be replayed through `nc` as it is.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{Context, Progress, Session, FLUSH_THRESHOLD};
+use crate::auth::{Access, Login, Role};
 use crate::escape::escape_into;
 use crate::stats::ServerStats;
 use crate::store::format::{self, FormatError, KeyError, Record};
@@ -44,6 +53,7 @@ pub const HELP: &[&str] = &[
     "ping                                      PONG",
     "help                                      this list, then END",
     "quit                                      close the connection",
+    "auth <user> <password>                    OK; log in (needed when the server has --users)",
     "values escape \\\\ \\n \\r \\t and \\xHH; keys are 1-250 bytes without spaces or control characters",
 ];
 
@@ -60,6 +70,22 @@ pub enum Request<'a> {
     Ping,
     Help,
     Quit,
+    Auth {
+        user: &'a [u8],
+        password: &'a [u8],
+    },
+}
+
+impl Request<'_> {
+    /// The least role that may run this request (`auth` is handled before this matters).
+    #[inline]
+    pub fn role(&self) -> Role {
+        match self {
+            Request::Write(Record::Set { .. } | Record::Del { .. }) => Role::Write,
+            Request::Write(Record::Flush) | Request::Compact => Role::Admin,
+            _ => Role::Read,
+        }
+    }
 }
 
 /// Why a request was refused; sent as `ERROR <reason>`.
@@ -149,6 +175,12 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
         b"ping" => no_args(rest, Request::Ping, "ping"),
         b"help" => no_args(rest, Request::Help, "help"),
         b"quit" => no_args(rest, Request::Quit, "quit"),
+        b"auth" => match rest.map(format::split_token) {
+            Some((user, Some(password))) if !user.is_empty() && !password.is_empty() => {
+                Ok(Request::Auth { user, password })
+            }
+            _ => Err(FormatError::WrongArgs("auth <user> <password>").into()),
+        },
         _ => Err(FormatError::unknown_command(word).into()),
     }
 }
@@ -167,11 +199,35 @@ pub struct LineSession {
     /// because these are flushed before any other request is answered.
     pending: Vec<WriteOp>,
     pending_bytes: usize,
+    access: Access,
 }
 
 impl LineSession {
     pub fn new(ctx: Arc<Context>) -> Self {
-        LineSession { ctx, skipping: false, pending: Vec::new(), pending_bytes: 0 }
+        let access = Access::new(ctx.users.is_some(), None);
+        LineSession { ctx, skipping: false, pending: Vec::new(), pending_bytes: 0, access }
+    }
+
+    /// Names the client in the log lines of failed logins.
+    pub fn with_peer(mut self, peer: SocketAddr) -> Self {
+        self.access = Access::new(self.ctx.users.is_some(), Some(peer));
+        self
+    }
+
+    /// Answers `auth`. Returns false when the connection should close.
+    fn login(&mut self, user: &[u8], password: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(users) = &self.ctx.users else {
+            out.extend_from_slice(b"ERROR authentication is not enabled\n");
+            return true;
+        };
+        match self.access.login(users, user, password) {
+            Login::Accepted(_) => out.extend_from_slice(b"OK\n"),
+            Login::Refused { close } => {
+                out.extend_from_slice(b"ERROR invalid credentials\n");
+                return !close;
+            }
+        }
+        true
     }
 
     /// Runs one line, appending its reply (or queueing it, for a write). Returns false when
@@ -182,11 +238,27 @@ impl LineSession {
             Ok(request) => request,
             Err(e) => {
                 self.flush_writes(out);
-                error_reply(&e, out);
+                match self.access.role() {
+                    Some(_) => error_reply(&e, out),
+                    None => out.extend_from_slice(AUTHENTICATION_REQUIRED),
+                }
                 return true;
             }
         };
         ServerStats::bump(&self.ctx.stats.commands);
+        if let Request::Auth { user, password } = request {
+            self.flush_writes(out);
+            return self.login(user, password, out);
+        }
+        if !self.access.allows(request.role()) {
+            self.flush_writes(out);
+            match (request, self.access.role()) {
+                (Request::Quit, _) => return false,
+                (_, None) => out.extend_from_slice(AUTHENTICATION_REQUIRED),
+                (_, Some(_)) => out.extend_from_slice(b"ERROR permission denied\n"),
+            }
+            return true;
+        }
         if log::log_enabled!(log::Level::Debug) {
             log::debug!("line request: {}", String::from_utf8_lossy(&line[..line.len().min(80)]));
         }
@@ -208,7 +280,7 @@ impl LineSession {
         self.flush_writes(out);
         let store = &self.ctx.store;
         match request {
-            Request::Nothing | Request::Write(_) => {}
+            Request::Nothing | Request::Write(_) | Request::Auth { .. } => {}
             Request::Get(key) => store.with_item(key, |item| match item {
                 Some(item) => {
                     out.extend_from_slice(b"VALUE ");
@@ -304,6 +376,8 @@ impl LineSession {
     }
 }
 
+const AUTHENTICATION_REQUIRED: &[u8] = b"ERROR authentication required\n";
+
 fn error_reply(error: &dyn fmt::Display, out: &mut Vec<u8>) {
     out.extend_from_slice(format!("ERROR {error}\n").as_bytes());
 }
@@ -366,6 +440,10 @@ mod tests {
         assert_eq!(parse(b"help", 10), Ok(Request::Help));
         assert_eq!(parse(b"quit", 10), Ok(Request::Quit));
         assert_eq!(parse(b"# note", 10), Ok(Request::Nothing));
+        assert_eq!(
+            parse(b"AUTH ann pass word", 10),
+            Ok(Request::Auth { user: b"ann", password: b"pass word" })
+        );
         assert_eq!(parse(b"   ", 10), Ok(Request::Nothing));
         assert_eq!(
             parse(b"set k a b", 10),
@@ -384,6 +462,8 @@ mod tests {
         assert_eq!(err(b"get"), "wrong number of arguments, usage: get <key>");
         assert_eq!(err(b"get a b"), "wrong number of arguments, usage: get <key>");
         assert_eq!(err(b"ping now"), "wrong number of arguments, usage: ping");
+        assert_eq!(err(b"auth ann"), "wrong number of arguments, usage: auth <user> <password>");
+        assert_eq!(err(b"auth ann "), "wrong number of arguments, usage: auth <user> <password>");
         assert_eq!(err(b"frobnicate x"), "unknown command 'frobnicate'");
         assert_eq!(err(b"set k 12345"), "value too large (max 4 bytes)");
         assert!(parse(b"set k 1234", 4).is_ok(), "a value at the limit is accepted");

@@ -34,6 +34,7 @@ pub trait Session: Send {
 
 use std::sync::Arc;
 
+use crate::auth::Users;
 use crate::stats::ServerStats;
 use crate::store::Store;
 
@@ -49,4 +50,7 @@ pub struct Context {
     pub store: Arc<Store>,
     pub stats: Arc<ServerStats>,
     pub limits: Limits,
+    /// `--users`: when set, every connection must log in, and each user's role limits what
+    /// they may do (see [`crate::auth`]).
+    pub users: Option<Arc<Users>>,
 }

@@ -8,6 +8,12 @@
 //! stop, every connection's read side is shut so its thread finishes the requests it already
 //! read and exits, then the store drains the writer and fsyncs the log.
 //!
+//! TLS ([`Server::with_tls`]) wraps each accepted stream in a rustls server connection inside
+//! the connection's own thread, so a slow or hostile handshake holds up only that thread
+//! (bounded by the idle timeout), and the shutdown path above still works on the TCP stream
+//! underneath. A client that speaks plaintext to a TLS listener fails the handshake and is
+//! disconnected.
+//!
 //! [`Store`]: crate::store::Store
 
 pub mod connection;
@@ -42,10 +48,14 @@ impl Protocol {
         }
     }
 
-    fn session(self, ctx: &Arc<Context>) -> Box<dyn Session> {
-        match self {
-            Protocol::Line => Box::new(LineSession::new(Arc::clone(ctx))),
-            Protocol::Memcached => Box::new(MemcacheSession::new(Arc::clone(ctx))),
+    fn session(self, ctx: &Arc<Context>, peer: Option<SocketAddr>) -> Box<dyn Session> {
+        match (self, peer) {
+            (Protocol::Line, Some(peer)) => Box::new(LineSession::new(Arc::clone(ctx)).with_peer(peer)),
+            (Protocol::Line, None) => Box::new(LineSession::new(Arc::clone(ctx))),
+            (Protocol::Memcached, Some(peer)) => {
+                Box::new(MemcacheSession::new(Arc::clone(ctx)).with_peer(peer))
+            }
+            (Protocol::Memcached, None) => Box::new(MemcacheSession::new(Arc::clone(ctx))),
         }
     }
 
@@ -101,6 +111,7 @@ pub struct Server {
     ctx: Arc<Context>,
     config: ServerConfig,
     state: Arc<State>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -111,7 +122,13 @@ impl Server {
             next_id: AtomicU64::new(1),
             listen_addrs: Mutex::new(Vec::new()),
         });
-        Server { ctx, config, state }
+        Server { ctx, config, state, tls: None }
+    }
+
+    /// Serves every listener over TLS with this configuration (see [`crate::tls`]).
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -121,6 +138,9 @@ impl Server {
     /// Serves already-bound listeners until shutdown, then drains connections and closes the
     /// store. Taking bound listeners lets callers (and tests) bind port 0.
     pub fn serve(self, listeners: Vec<(TcpListener, Protocol)>) -> io::Result<()> {
+        if self.tls.is_some() {
+            log::info!("TLS on every listener");
+        }
         let mut accept_threads = Vec::new();
         for (listener, protocol) in listeners {
             let addr = listener.local_addr()?;
@@ -132,6 +152,7 @@ impl Server {
                 ctx: Arc::clone(&self.ctx),
                 config: self.config,
                 state: Arc::clone(&self.state),
+                tls: self.tls.clone(),
             };
             accept_threads.push(
                 std::thread::Builder::new()
@@ -173,6 +194,7 @@ struct Acceptor {
     ctx: Arc<Context>,
     config: ServerConfig,
     state: Arc<State>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Acceptor {
@@ -212,6 +234,7 @@ impl Acceptor {
             ctx: Arc::clone(&self.ctx),
             config: self.config,
             state: Arc::clone(&self.state),
+            tls: self.tls.clone(),
         };
         let spawned = std::thread::Builder::new().name(format!("conn-{id}")).spawn(move || connection.run());
         if let Err(e) = spawned {
@@ -228,19 +251,25 @@ struct Connection {
     ctx: Arc<Context>,
     config: ServerConfig,
     state: Arc<State>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Connection {
     fn run(mut self) {
-        let peer = self.stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let peer_addr = self.stream.peer_addr().ok();
+        let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
         log::debug!("connection {} from {peer} ({})", self.id, self.protocol.name());
-        if let Err(e) = self.serve() {
+        if let Err(e) = self.serve(peer_addr) {
             match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                     log::info!(
                         "closing connection {} from {peer}: idle or not reading (--idle-timeout)",
                         self.id
                     )
+                }
+                io::ErrorKind::InvalidData if self.tls.is_some() => {
+                    // rustls reports a failed handshake (plaintext, a bad client) this way.
+                    log::info!("closing connection {} from {peer}: TLS error: {e}", self.id)
                 }
                 _ => log::debug!("connection {} from {peer} ended: {e}", self.id),
             }
@@ -249,7 +278,7 @@ impl Connection {
         self.ctx.stats.curr_connections.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn serve(&mut self) -> io::Result<()> {
+    fn serve(&mut self, peer: Option<SocketAddr>) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         self.stream.set_read_timeout(self.config.idle_timeout)?;
         self.stream.set_write_timeout(self.config.idle_timeout)?;
@@ -257,7 +286,20 @@ impl Connection {
         if self.state.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut session = self.protocol.session(&self.ctx);
-        connection::serve(&mut self.stream, session.as_mut())
+        let mut session = self.protocol.session(&self.ctx, peer);
+        let Some(tls) = &self.tls else {
+            return connection::serve(&mut self.stream, session.as_mut());
+        };
+        let mut tls = rustls::ServerConnection::new(Arc::clone(tls)).map_err(io::Error::other)?;
+        let result =
+            connection::serve(&mut rustls::Stream::new(&mut tls, &mut self.stream), session.as_mut());
+        if result.is_ok() {
+            // Tell the client the stream ended on purpose (not a truncation attack).
+            tls.send_close_notify();
+            while tls.wants_write() {
+                tls.write_tls(&mut self.stream)?;
+            }
+        }
+        result
     }
 }

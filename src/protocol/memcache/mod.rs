@@ -26,6 +26,15 @@
 //!   because textkv has no memory cap (the disk is the limit). `stats <group>` is `ERROR`.
 //! - `verbosity` is accepted and does nothing (use `RUST_LOG`).
 //!
+//! Authentication (`--users`) follows memcached's ASCII convention (its `-Y` auth file), so
+//! clients log in without SASL: the first request must be a `set` (any key, flags and
+//! exptime) whose data is `<user> <password>`; it is answered `STORED` (even with
+//! `noreply`) and stores nothing. Before that, any other request gets
+//! `CLIENT_ERROR unauthenticated` and a wrong password `CLIENT_ERROR authentication failure`,
+//! and either closes the connection, as memcached does. A command beyond the user's role gets
+//! `CLIENT_ERROR permission denied` (memcached has no roles; a `CLIENT_ERROR` is what its
+//! clients report as a refusal) and changes nothing; its data block is discarded.
+//!
 //! Memory per connection stays under the line limit plus `--max-value-bytes`: a data block is
 //! buffered whole only when it will be stored; an oversized one is discarded as it arrives.
 
@@ -34,17 +43,23 @@ mod meta;
 mod request;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Context, Progress, Session, FLUSH_THRESHOLD};
+use crate::auth::{Access, Login};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
-use request::{expires_at, Invalid, Keys, Request};
+use request::{expires_at, Invalid, Keys, Request, StoreKind};
 
 /// Longest request line other than a retrieval command, as in memcached.
 pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// Longest `<user> <password>` data block of the login `set`; a longer one is refused without
+/// being buffered.
+const MAX_LOGIN_BYTES: usize = 1024;
 
 /// The version `version` and `stats` report.
 const VERSION: &str = concat!("textkv-", env!("CARGO_PKG_VERSION"));
@@ -82,11 +97,60 @@ pub struct MemcacheSession {
     /// see the writes before them.
     pending: Vec<PendingStore>,
     pending_bytes: usize,
+    access: Access,
 }
 
 impl MemcacheSession {
     pub fn new(ctx: Arc<Context>) -> Self {
-        MemcacheSession { ctx, state: State::Ready, pending: Vec::new(), pending_bytes: 0 }
+        let access = Access::new(ctx.users.is_some(), None).with_max_failures(1);
+        MemcacheSession { ctx, state: State::Ready, pending: Vec::new(), pending_bytes: 0, access }
+    }
+
+    /// Names the client in the log lines of failed logins.
+    pub fn with_peer(mut self, peer: SocketAddr) -> Self {
+        self.access = Access::new(self.ctx.users.is_some(), Some(peer)).with_max_failures(1);
+        self
+    }
+
+    /// Handles a request on a connection that has not logged in yet: only the login `set`
+    /// is accepted (see the module docs). `request` is None for a line that did not parse.
+    fn login(
+        &mut self,
+        request: Option<&Request>,
+        input: &[u8],
+        line_end: usize,
+        out: &mut Vec<u8>,
+    ) -> (usize, bool) {
+        let (Some(users), Some(&Request::Store { kind: StoreKind::Set, bytes, .. })) =
+            (&self.ctx.users, request)
+        else {
+            out.extend_from_slice(b"CLIENT_ERROR unauthenticated\r\n");
+            return (line_end, true);
+        };
+        if bytes > MAX_LOGIN_BYTES {
+            out.extend_from_slice(b"CLIENT_ERROR unauthenticated\r\n");
+            return (line_end, true);
+        }
+        let block_end = line_end + bytes + 2;
+        if input.len() < block_end {
+            return (0, false);
+        }
+        let data = &input[line_end..line_end + bytes];
+        let (user, password) = match data.iter().position(|&b| b == b' ') {
+            Some(space) => (&data[..space], &data[space + 1..]),
+            None => (data, &b""[..]),
+        };
+        let chunk_ok = &input[block_end - 2..block_end] == b"\r\n";
+        match self.access.login(users, user, password) {
+            Login::Accepted(_) if chunk_ok => {
+                out.extend_from_slice(b"STORED\r\n");
+                (block_end, false)
+            }
+            _ => {
+                out.extend_from_slice(b"CLIENT_ERROR authentication failure\r\n");
+                (block_end, true)
+            }
+        }
     }
 
     /// Submits the queued storage commands together and appends their replies in order.
@@ -136,6 +200,7 @@ impl MemcacheSession {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let request = match request::parse(line) {
             Ok(request) => request,
+            Err(_) if self.access.role().is_none() => return self.login(None, input, line_end, out),
             Err(Invalid::Close) => return (line_end, true),
             Err(Invalid::Reply { error, noreply, swallow }) => {
                 if !noreply {
@@ -153,6 +218,18 @@ impl MemcacheSession {
             Request::Meta { kind: meta::MetaKind::Set, bytes, .. } => Some(*bytes),
             _ => None,
         };
+        if !self.access.allows(request.role()) {
+            if self.access.role().is_none() {
+                return self.login(Some(&request), input, line_end, out);
+            }
+            if !request.noreply() {
+                out.extend_from_slice(b"CLIENT_ERROR permission denied\r\n");
+            }
+            if let Some(bytes) = bytes {
+                self.state = State::Swallow(bytes + 2);
+            }
+            return (line_end, false);
+        }
         let Some(bytes) = bytes else {
             self.flush_pending(out);
             let close = self.execute(&request, &[], out);
@@ -190,15 +267,7 @@ impl MemcacheSession {
     fn execute(&mut self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
         ServerStats::bump(&self.ctx.stats.commands);
         let executor = Executor { ctx: &self.ctx };
-        let noreply = match request {
-            Request::Store { noreply, .. }
-            | Request::Delete { noreply, .. }
-            | Request::Arith { noreply, .. }
-            | Request::Touch { noreply, .. }
-            | Request::FlushAll { noreply, .. }
-            | Request::Verbosity { noreply } => *noreply,
-            _ => false,
-        };
+        let noreply = request.noreply();
         let before = out.len();
         match request {
             Request::Store { kind, key, flags, exptime, cas, noreply, .. } => {
@@ -539,6 +608,7 @@ mod tests {
             store: Arc::new(Store::open(config).unwrap()),
             stats: Arc::new(ServerStats::default()),
             limits: Limits { max_value_bytes, max_line_bytes: 4096 },
+            users: None,
         };
         (dir, MemcacheSession::new(Arc::new(ctx)))
     }

@@ -6,6 +6,7 @@
 //! but an argument is wrong), following memcached 1.6's `proto_text.c`.
 
 use super::meta::{MetaFlags, MetaKind};
+use crate::auth::Role;
 use crate::store::format::{self, MAX_KEY_BYTES};
 use crate::store::StoreMode;
 
@@ -104,6 +105,41 @@ pub enum Request<'a> {
         bytes: usize,
         flags: MetaFlags<'a>,
     },
+}
+
+impl Request<'_> {
+    /// Whether the client asked for no reply at all (the `noreply` token).
+    pub fn noreply(&self) -> bool {
+        match self {
+            Request::Store { noreply, .. }
+            | Request::Delete { noreply, .. }
+            | Request::Arith { noreply, .. }
+            | Request::Touch { noreply, .. }
+            | Request::FlushAll { noreply, .. }
+            | Request::Verbosity { noreply } => *noreply,
+            _ => false,
+        }
+    }
+
+    /// The least role that may run this request (`--users`). Reads that change an item's
+    /// expiry (`gat`, `mg T…`) or create it (`mg N…`) are writes.
+    #[inline]
+    pub fn role(&self) -> Role {
+        match self {
+            Request::Get { touch: None, .. }
+            | Request::Stats
+            | Request::Version
+            | Request::Quit
+            | Request::MetaNoop => Role::Read,
+            Request::Meta { kind: MetaKind::Get, flags, .. }
+                if flags.ttl.is_none() && flags.vivify.is_none() =>
+            {
+                Role::Read
+            }
+            Request::FlushAll { .. } | Request::Verbosity { .. } => Role::Admin,
+            _ => Role::Write,
+        }
+    }
 }
 
 /// What to do with a line that is not a valid request.
