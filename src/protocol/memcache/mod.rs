@@ -283,6 +283,9 @@ impl MemcacheSession {
                 if self.pending.len() >= MAX_PENDING_WRITES || self.pending_bytes >= MAX_PENDING_BYTES {
                     self.flush_pending(out);
                 }
+                // Its reply (or silence, for noreply) comes from `flush_pending`; the replies
+                // written just now belong to earlier requests and must not be cut below.
+                return false;
             }
             Request::Get { keys, with_cas, touch } => executor.get(*keys, *with_cas, *touch, out),
             Request::Delete { key, .. } => executor.delete(key, out),
@@ -413,7 +416,16 @@ impl Executor<'_> {
 
     fn get(&self, keys: Keys, with_cas: bool, touch: Option<i64>, out: &mut Vec<u8>) {
         let c = self.counters();
+        let start = out.len();
+        let limit = max_get_reply(self.ctx.limits.max_value_bytes);
         for key in keys.iter() {
+            if out.len() - start > limit {
+                // A long key list of large values (keys may repeat) would otherwise build a
+                // reply of any size in memory. memcached's own words for running out:
+                out.truncate(start);
+                out.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+                return;
+            }
             ServerStats::bump(&c.cmd_get);
             let hit = match touch {
                 None => self.ctx.store.with_item(key, |item| {
@@ -567,6 +579,12 @@ impl Executor<'_> {
 }
 
 /// `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
+/// Largest reply one `get`/`gets`/`gat`/`gats` may build: room for several of the largest
+/// values, while one request can no longer make a connection hold gigabytes.
+fn max_get_reply(max_value_bytes: usize) -> usize {
+    (8 << 20).max(4 * max_value_bytes)
+}
+
 /// The store operation of a storage command.
 fn store_op(mode: StoreMode, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> WriteOp {
     WriteOp::Store {
