@@ -217,3 +217,32 @@ fn automatic_compaction_starts_past_the_garbage_threshold() {
     let file = fs::read_to_string(&db).unwrap();
     assert!(file.lines().filter(|l| l.starts_with("set ")).count() < 100, "{file}");
 }
+
+fn stat(server: &Server, name: &str) -> u64 {
+    let stats = String::from_utf8(transcript(server.addr, b"stats\n")).unwrap();
+    let line = stats.lines().find(|l| l.starts_with(&format!("STAT {name} "))).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn compaction_drops_expired_items_from_memory_and_keeps_the_files_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let soon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let mut request = b"set keep forever\n".to_vec();
+    for i in 0..100 {
+        request.extend_from_slice(format!("setmeta short{i} 0 {soon} v\n").as_bytes());
+    }
+    transcript(server.addr, &request);
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(stat(&server, "keys"), 101);
+    thread::sleep(Duration::from_millis(2100));
+    assert_eq!(transcript(server.addr, b"get short7\ncompact\n"), b"NOT_FOUND\nOK\n");
+    // `OK` comes once the new file is in place, so stats already show it.
+    assert_eq!(stat(&server, "compactions"), 1);
+    assert_eq!(stat(&server, "keys"), 1, "expired items are dropped from memory");
+    assert_eq!(stat(&server, "db_records"), 1);
+    assert_eq!(fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(transcript(server.addr, b"get keep\n"), b"VALUE forever\n");
+}

@@ -1,15 +1,18 @@
 //! Compaction: rewrite the log to hold only live items, without stopping writes.
 //!
-//! 1. The writer starts a compaction at a batch boundary. From then on it appends every
-//!    batch to the old log as usual *and* keeps a copy of its records (the tail).
+//! 1. The writer starts a compaction at a batch boundary and notes the old log's length.
+//!    From then on it appends every batch to the old log as usual; what lies past that
+//!    length (the tail) is every write made since the start.
 //! 2. A background thread walks the index one shard at a time and writes every live item
 //!    to `<db>.compact`, then fsyncs it. The walk is not a point-in-time snapshot: an item
 //!    may be seen before or after a concurrent write. That is fine because every write made
 //!    since the start is in the tail, and replaying the tail after the walk yields the final
 //!    state whatever the walk saw (records are idempotent: `set`, `del`, `flush`).
-//! 3. The writer, between two batches, appends the tail to the temporary file, fsyncs it,
-//!    renames it over the log and fsyncs the directory, so a crash at any point leaves either
-//!    the complete old log or the complete new one. Writes wait only for this last step.
+//! 3. The writer, between two batches, copies the tail from the old log to the temporary
+//!    file, fsyncs it, gives it the old log's permissions, renames it over the log and fsyncs
+//!    the directory, so a crash at any point leaves either the complete old log or the
+//!    complete new one. Writes wait only for this last step. If the directory fsync fails,
+//!    the writer retries it before it acknowledges anything more (`Installed::dir_synced`).
 //!
 //! A temporary file left by a crash is removed at the next start.
 
@@ -40,12 +43,15 @@ pub(crate) struct Installed {
     pub file: File,
     pub len: u64,
     pub records: u64,
+    /// Whether the directory fsync after the rename succeeded; if not, the rename may not
+    /// survive a power loss and must be made durable before more writes are acknowledged.
+    pub dir_synced: bool,
 }
 
 /// A compaction in progress, owned by the writer.
 pub(crate) struct Compaction {
-    tail: Vec<u8>,
-    tail_records: u64,
+    /// Length of the old log when the compaction started: the writes after it are the tail.
+    start_len: u64,
     waiters: Vec<Waiter>,
 }
 
@@ -79,22 +85,22 @@ pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
 }
 
 impl Compaction {
-    /// Spawns the snapshot thread; it reports back to the writer over `tx`.
+    /// Spawns the snapshot thread; it reports back to the writer over `tx`. `start_len` is
+    /// the old log's length now.
     pub(crate) fn start(
         path: &Path,
+        start_len: u64,
         shared: Arc<Shared>,
         tx: Sender<Msg>,
         waiter: Option<Waiter>,
     ) -> Result<Compaction, (io::Error, Option<Waiter>)> {
-        let temp = temp_path(path);
+        let path = path.to_path_buf();
         let spawned = std::thread::Builder::new().name("compactor".into()).spawn(move || {
-            let result = write_snapshot(&temp, &shared);
+            let result = write_snapshot(&path, &shared);
             let _ = tx.send(Msg::SnapshotDone(result));
         });
         match spawned {
-            Ok(_) => {
-                Ok(Compaction { tail: Vec::new(), tail_records: 0, waiters: waiter.into_iter().collect() })
-            }
+            Ok(_) => Ok(Compaction { start_len, waiters: waiter.into_iter().collect() }),
             Err(e) => Err((e, waiter)),
         }
     }
@@ -103,40 +109,58 @@ impl Compaction {
         self.waiters.extend(waiter);
     }
 
-    /// Keeps a copy of records the writer appended to the old log meanwhile.
-    pub(crate) fn record_tail(&mut self, records: &[u8]) {
-        self.tail.extend_from_slice(records);
-        self.tail_records += records.iter().filter(|&&b| b == b'\n').count() as u64;
-    }
-
-    /// Completes the compaction: tail, fsync, rename, directory fsync. Answers the waiters.
-    pub(crate) fn install(self, snapshot: io::Result<Snapshot>, path: &Path) -> io::Result<Installed> {
+    /// Completes the compaction: copies the tail `old[start_len..old_len]` after the
+    /// snapshot, fsyncs, renames, fsyncs the directory. Returns the outcome and the callers
+    /// to answer once the writer has switched to the new file.
+    pub(crate) fn install(
+        self,
+        snapshot: io::Result<Snapshot>,
+        path: &Path,
+        old: &File,
+        old_len: u64,
+    ) -> (io::Result<Installed>, Vec<Waiter>) {
         let temp = temp_path(path);
         let result = snapshot.and_then(|snapshot| {
-            snapshot.file.write_all_at(&self.tail, snapshot.len)?;
+            let (tail_len, tail_records) =
+                copy_tail(old, self.start_len, old_len, &snapshot.file, snapshot.len)?;
             snapshot.file.sync_data()?;
             fs::rename(&temp, path)?;
-            // From here on the new file *is* the log, so the writer must switch to it even if
-            // the directory fsync fails (the rename may then not survive a power loss, but
-            // either file holds every acknowledged write).
-            if let Err(e) = sync_dir(path) {
-                log::error!("fsync of the directory of {} failed after compaction: {e}", path.display());
-            }
+            // From here on the new file *is* the log: the writer must switch to it even if the
+            // directory fsync fails, and retries that fsync before acknowledging more writes.
+            let dir_synced = match sync_dir(path) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error!("fsync of the directory of {} failed after compaction: {e}", path.display());
+                    false
+                }
+            };
             Ok(Installed {
                 file: snapshot.file,
-                len: snapshot.len + self.tail.len() as u64,
-                records: snapshot.records + self.tail_records,
+                len: snapshot.len + tail_len,
+                records: snapshot.records + tail_records,
+                dir_synced,
             })
         });
         if result.is_err() {
             let _ = fs::remove_file(&temp);
         }
-        let reply = result.as_ref().map(|_| ()).map_err(StoreError::from);
-        for waiter in self.waiters {
-            let _ = waiter.send(reply.clone());
-        }
-        result
+        (result, self.waiters)
     }
+}
+
+/// Copies `old[from..to]` to `new` at `at` in bounded chunks; returns the bytes and records
+/// (lines) copied.
+fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<(u64, u64)> {
+    let mut chunk = vec![0; 1 << 20];
+    let (mut offset, mut records) = (from, 0u64);
+    while offset < to {
+        let n = chunk.len().min((to - offset) as usize);
+        old.read_exact_at(&mut chunk[..n], offset)?;
+        new.write_all_at(&chunk[..n], at + (offset - from))?;
+        records += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        offset += n as u64;
+    }
+    Ok((to - from, records))
 }
 
 /// Bytes of snapshot written between two fdatasyncs of the temporary file, so the kernel
@@ -144,8 +168,12 @@ impl Compaction {
 /// own fsyncs.
 const SYNC_EVERY: u64 = 64 << 20;
 
-fn write_snapshot(temp: &Path, shared: &Shared) -> io::Result<Snapshot> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(temp)?;
+fn write_snapshot(path: &Path, shared: &Shared) -> io::Result<Snapshot> {
+    let temp = temp_path(path);
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp)?;
+    // The new log replaces the old one: it keeps the old one's permissions (a log made
+    // private with chmod 600 must not become readable by a compaction).
+    file.set_permissions(fs::metadata(path)?.permissions())?;
     let now = unix_now();
     let header = format!("# textkv database, compacted at Unix time {now}; one record per line\n");
     file.write_all_at(header.as_bytes(), 0)?;

@@ -176,8 +176,9 @@ impl Drop for Entry {
 
 type Shard = RwLock<HashTable<Entry>>;
 
-/// The sharded table. Expired items stay until overwritten, deleted or compacted away, but
-/// every lookup that takes `now` treats them as absent.
+/// The sharded table. Expired items stay until overwritten, deleted or swept
+/// ([`Index::remove_expired`], run by the writer), but every lookup that takes `now` treats
+/// them as absent.
 pub struct Index {
     hasher: DefaultHashBuilder,
     shards: Box<[Shard]>,
@@ -247,6 +248,18 @@ impl Index {
             }
             Err(_) => false,
         }
+    }
+
+    /// Removes the items expired at `now`; returns how many.
+    pub fn remove_expired(&self, now: u64) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let before = shard.len();
+            shard.retain(|entry| entry.is_live(now));
+            removed += before - shard.len();
+        }
+        removed
     }
 
     /// Removes every item.

@@ -133,6 +133,19 @@ pub enum WriteOp {
     Flush,
 }
 
+impl WriteOp {
+    /// Key and value bytes the op carries (what it costs in a batch).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            WriteOp::Store { key, value, .. } => key.len() + value.len(),
+            WriteOp::Delete { key, .. } | WriteOp::Touch { key, .. } | WriteOp::Arith { key, .. } => {
+                key.len()
+            }
+            WriteOp::Flush => 0,
+        }
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -310,7 +323,8 @@ impl Store {
         .map_err(OpenError::Load)?;
         let load_millis = started.elapsed().as_millis() as u64;
 
-        let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+        // Read access too: compaction copies its tail out of this file.
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err)?;
         let shared =
             Arc::new(Shared { index, counters: Counters::default(), writer_alive: AtomicBool::new(true) });
         let live = shared.index.len() as u64;

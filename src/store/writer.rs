@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -34,8 +34,13 @@ use super::index::Item;
 use super::mailbox::{wake_all, Mailbox, Reply};
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
 
-/// Most writes taken into one batch; bounds the batch buffer and the time to the first ack.
+/// Most writes, and most key and value bytes, taken into one batch: bound the batch buffer
+/// (values are escaped into it, up to 4× their size) and the time to the first ack.
 const MAX_BATCH: usize = 4096;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// How often expired items are dropped from memory (also after every compaction).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) enum Msg {
     Write {
@@ -77,6 +82,10 @@ pub(crate) struct Writer {
     file_len: u64,
     /// A failed batch whose truncation also failed: retry before writing anything else.
     needs_truncate: bool,
+    /// The directory fsync after a compaction's rename failed: retry it before anything
+    /// more is acknowledged, or the new log's name might not survive a power loss.
+    needs_dir_sync: bool,
+    last_sweep: Instant,
     shared: Arc<Shared>,
     fsync: FsyncPolicy,
     max_value_bytes: usize,
@@ -128,6 +137,8 @@ impl Writer {
             file,
             file_len,
             needs_truncate: false,
+            needs_dir_sync: false,
+            last_sweep: Instant::now(),
             fsync: config.fsync,
             max_value_bytes: config.max_value_bytes,
             compact_min_bytes: config.compact_min_bytes,
@@ -164,19 +175,26 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut next = Some(first);
+            let mut batch_bytes = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Write { op, reply } => writes.push((op, reply)),
+                    Msg::Write { op, reply } => {
+                        batch_bytes += op.payload_len();
+                        writes.push((op, reply));
+                    }
                     Msg::Compact { reply } => self.start_compaction(reply),
                     Msg::SnapshotDone(result) => self.finish_compaction(result),
                     Msg::Shutdown => self.stopping = true,
                 }
-                if writes.len() < MAX_BATCH && !self.stopping {
+                if writes.len() < MAX_BATCH && batch_bytes < MAX_BATCH_BYTES && !self.stopping {
                     next = self.rx.try_recv().ok();
                 }
             }
             if !writes.is_empty() {
                 self.write_batch(&mut writes);
+            }
+            if self.last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep_expired();
             }
             self.maybe_auto_compact();
         }
@@ -248,9 +266,6 @@ impl Writer {
                 let count = writes.len();
                 answer(writes, std::iter::repeat_n(Err(error), count));
                 return;
-            }
-            if let Some(compaction) = &mut self.compaction {
-                compaction.record_tail(&buf);
             }
         }
         let record_count = effects.len() as u64;
@@ -396,6 +411,10 @@ impl Writer {
             self.file.set_len(self.file_len)?;
             self.needs_truncate = false;
         }
+        if self.needs_dir_sync {
+            compaction::sync_dir(&self.path)?;
+            self.needs_dir_sync = false;
+        }
         let result = self.file.write_all_at(buf, self.file_len).and_then(|()| match self.fsync {
             FsyncPolicy::Always => {
                 self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -447,7 +466,13 @@ impl Writer {
         }
         match &mut self.compaction {
             Some(running) => running.add_waiter(reply),
-            None => match Compaction::start(&self.path, Arc::clone(&self.shared), self.tx.clone(), reply) {
+            None => match Compaction::start(
+                &self.path,
+                self.file_len,
+                Arc::clone(&self.shared),
+                self.tx.clone(),
+                reply,
+            ) {
                 Ok(compaction) => {
                     self.shared.counters.compacting.store(true, Ordering::Relaxed);
                     self.compaction = Some(compaction);
@@ -465,24 +490,46 @@ impl Writer {
     fn finish_compaction(&mut self, snapshot: io::Result<compaction::Snapshot>) {
         let Some(compaction) = self.compaction.take() else { return };
         self.shared.counters.compacting.store(false, Ordering::Relaxed);
-        match compaction.install(snapshot, &self.path) {
+        let (result, waiters) = compaction.install(snapshot, &self.path, &self.file, self.file_len);
+        let reply = match result {
             Ok(installed) => {
                 let old_len = self.file_len;
                 self.file = Arc::new(installed.file);
                 self.file_len = installed.len;
                 self.records = installed.records;
                 self.needs_truncate = false;
+                self.needs_dir_sync = !installed.dir_synced;
                 *self.sync_target.file.lock() = Arc::clone(&self.file);
                 self.shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
-                self.publish_counters();
+                self.sweep_expired();
                 log::info!(
                     "compacted {}: {old_len} -> {} bytes, {} records",
                     self.path.display(),
                     self.file_len,
                     self.records
                 );
+                Ok(())
             }
-            Err(e) => log::error!("compaction of {} failed, keeping the old log: {e}", self.path.display()),
+            Err(e) => {
+                log::error!("compaction of {} failed, keeping the old log: {e}", self.path.display());
+                Err(StoreError::from(&e))
+            }
+        };
+        // Answered only now, so a caller that sees `OK` also sees the new file in `stats`.
+        for waiter in waiters {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+
+    /// Drops expired items from the index. Their records stay in the log until the next
+    /// compaction (which skips them, as start-up does); until then they count as garbage.
+    fn sweep_expired(&mut self) {
+        let removed = self.shared.index.remove_expired(unix_now());
+        self.live_keys -= removed as u64;
+        self.last_sweep = Instant::now();
+        self.publish_counters();
+        if removed > 0 {
+            log::debug!("dropped {removed} expired items from memory");
         }
     }
 }
