@@ -109,6 +109,15 @@ fn unauthenticated_requests_are_refused_on_both_listeners() {
 
     let check = format!("auth {} {}\nkeys\n", ADMIN.0, ADMIN.1);
     assert_eq!(text(transcript(server.addr, check.as_bytes())), "OK\nEND\n", "nothing was stored");
+
+    // Before a login, lines are short: no client can make the server buffer megabytes.
+    let long = format!("get {}\nping\n", "k".repeat(4000));
+    assert_eq!(
+        text(transcript(server.addr, long.as_bytes())),
+        "ERROR line too long (max 2048 bytes)\nERROR authentication required\n"
+    );
+    let long_get = format!("get {}\r\n", "k ".repeat(2000));
+    assert_eq!(text(transcript(mc, long_get.as_bytes())), "CLIENT_ERROR line too long\r\n");
 }
 
 #[test]

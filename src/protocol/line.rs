@@ -185,6 +185,9 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
     }
 }
 
+/// Longest line accepted before a login (room for `auth` with a long password).
+const UNAUTHENTICATED_LINE_BYTES: usize = 2048;
+
 /// Pipelined writes gathered before they are submitted together: enough to share fsyncs,
 /// few enough to bound memory (values can be large).
 const MAX_PENDING_WRITES: usize = 1024;
@@ -388,7 +391,12 @@ fn store_error_reply(error: &StoreError, out: &mut Vec<u8>) {
 
 impl Session for LineSession {
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
-        let max_line = self.ctx.limits.max_line_bytes;
+        // Before a login only `auth` is of use: a client that has not logged in gets short
+        // lines, so it cannot make the server buffer --max-line-bytes per connection.
+        let max_line = match self.access.role() {
+            Some(_) => self.ctx.limits.max_line_bytes,
+            None => self.ctx.limits.max_line_bytes.min(UNAUTHENTICATED_LINE_BYTES),
+        };
         let mut consumed = 0;
         while out.len() < FLUSH_THRESHOLD {
             let rest = &input[consumed..];

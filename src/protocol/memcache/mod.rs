@@ -176,7 +176,8 @@ impl MemcacheSession {
     fn line_limit(&self, rest: &[u8]) -> usize {
         let start = &rest[rest.iter().take_while(|&&b| b == b' ').count()..];
         let retrieval = [&b"get "[..], b"gets ", b"gat ", b"gats "].iter().any(|p| start.starts_with(p));
-        if retrieval {
+        // Before a login, long key lists are of no use: keep such a client to short lines.
+        if retrieval && self.access.role().is_some() {
             self.ctx.limits.max_line_bytes.max(MAX_COMMAND_LINE)
         } else {
             MAX_COMMAND_LINE
