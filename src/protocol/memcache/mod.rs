@@ -484,9 +484,12 @@ impl Executor<'_> {
 
     fn flush_all(&self, delay: i64, out: &mut Vec<u8>) {
         ServerStats::bump(&self.counters().cmd_flush);
+        // memcached reads the delay like an exptime: relative, or a Unix time past 30 days. A
+        // Unix time not in the future flushes now, like no delay: scheduled with delay 0, the
+        // background flush could land after writes this client sends after the `OK`.
+        let now = unix_now();
+        let delay = if delay > 0 { expires_at(delay, now).saturating_sub(now) } else { 0 };
         if delay > 0 {
-            // memcached reads the delay like an exptime: relative, or a Unix time past 30 days.
-            let delay = expires_at(delay, unix_now()).saturating_sub(unix_now());
             flush::schedule(&self.ctx.store, Some(Duration::from_secs(delay)));
             out.extend_from_slice(b"OK\r\n");
             return;
@@ -723,5 +726,18 @@ mod tests {
         assert!(header.starts_with("VALUE k 3 1000 "));
         let one = format!("{header}\r\n{}\r\n", "v".repeat(1000));
         assert_eq!(all, format!("{}END\r\nMN\r\n", one.repeat(300)));
+    }
+
+    /// `flush_all <Unix time in the past>` flushes at once, before the requests after it run
+    /// (it used to be handed to the background flusher with delay 0, which could then remove
+    /// a value stored after the `OK`; found by the memcache_parse fuzz target).
+    #[test]
+    fn flush_all_with_a_past_unix_time_flushes_before_the_next_request() {
+        let (_dir, mut session) = new_session(8);
+        let past = unix_now() - 100;
+        let input = format!("set a 0 0 1\r\nx\r\nflush_all {past}\r\nset b 0 0 1\r\ny\r\n");
+        assert_eq!(text(feed(&mut session, input.as_bytes(), 1000)), "STORED\r\nOK\r\nSTORED\r\n");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(text(feed(&mut session, b"get a b\r\n", 100)), "VALUE b 0 1\r\ny\r\nEND\r\n");
     }
 }
