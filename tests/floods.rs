@@ -479,7 +479,7 @@ fn memcached_a_client_that_never_reads_pipelined_multigets_is_disconnected_with_
     eprintln!(
         "memcached non-reading client: {sent_gets} multi-gets of 100 MiB sent ({} GiB of replies \
          asked for), RSS {before} KiB before, peak {peak} KiB",
-        sent_gets * 100 >> 10
+        (sent_gets * 100) >> 10
     );
     assert!(sent_gets >= 64, "the flood did not get going");
     assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
