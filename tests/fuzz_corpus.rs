@@ -48,6 +48,13 @@ fn recovery_loader_corpus_replays() {
     replay("recovery_load", |data| checks::recovery_load(data, dir.path()));
 }
 
+#[test]
+fn memcache_parser_corpus_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = checks::MemcacheStores::open(dir.path());
+    replay("memcache_parse", |data| checks::memcache_parse(data, &stores));
+}
+
 // Inputs that crashed a fuzz target, each with the bug it found.
 
 /// line_parse: an unknown command word holding a line break was echoed raw in the error.
