@@ -9,11 +9,21 @@
 //!   changed), the index equals an independent replay of the lines, a second load finds
 //!   nothing to cut, a refusal names the first bad line and leaves the file untouched, and
 //!   `repair` then keeps everything before that line plus a byte-exact backup.
+//! - `memcache_parse`: a `MemcacheSession` fed the input all at once, a byte at a time and in
+//!   random chunks never consumes more than it was offered, never leaves more unconsumed than
+//!   one request can hold, answers only well-formed reply lines (and data blocks of the
+//!   announced length), and gives the same replies however the input was split.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
+
+use textkv::protocol::memcache::MemcacheSession;
+use textkv::protocol::{Context, Limits, Session};
+use textkv::stats::ServerStats;
+use textkv::store::{unix_now, FsyncPolicy, Store, StoreConfig};
 
 use textkv::protocol::line::{parse, Request};
 use textkv::store::format::Record;
@@ -160,5 +170,201 @@ pub fn recovery_load(data: &[u8], dir: &Path) {
             result.map(|r| r.file_len),
             expected.map(|m| m.len())
         ),
+    }
+}
+
+/// `--max-line-bytes` of the fuzzed memcached sessions (the limit of `get` lines).
+const MC_MAX_LINE: usize = 3000;
+
+/// The stores the memcached sessions run on, one per way of splitting the input. Opening a
+/// store per execution would cost more than the rest of the check; instead each is emptied
+/// with `flush_all` (which also cancels a pending delayed flush) before every run.
+pub struct MemcacheStores {
+    stores: Vec<Arc<Store>>,
+}
+
+impl MemcacheStores {
+    /// Opens the stores in `dir` (removing any earlier database there).
+    pub fn open(dir: &Path) -> MemcacheStores {
+        let stores = (0..3)
+            .map(|i| {
+                let path = dir.join(format!("memcache-{i}.txt"));
+                let _ = fs::remove_file(&path);
+                let mut config = StoreConfig::new(&path);
+                config.fsync = FsyncPolicy::Never;
+                config.max_value_bytes = MAX_VALUE;
+                config.compact_min_bytes = 1 << 20;
+                Arc::new(Store::open(config).expect("open a store"))
+            })
+            .collect();
+        MemcacheStores { stores }
+    }
+
+    /// A session on store `i`, emptied first.
+    fn session(&self, i: usize) -> MemcacheSession {
+        let ctx = Context {
+            store: Arc::clone(&self.stores[i]),
+            stats: Arc::new(ServerStats::default()),
+            limits: Limits { max_value_bytes: MAX_VALUE, max_line_bytes: MC_MAX_LINE },
+            users: None,
+        };
+        let mut session = MemcacheSession::new(Arc::new(ctx));
+        let mut out = Vec::new();
+        session.process(b"flush_all\r\n", &mut out);
+        assert_eq!(out, b"OK\r\n", "emptying the store");
+        session
+    }
+}
+
+/// Feeds `input` in pieces of the given sizes the way a connection does: whatever was not
+/// consumed is offered again with the next piece, and replies are taken after every call.
+/// Returns the replies and whether the session asked to close.
+fn feed(session: &mut MemcacheSession, input: &[u8], mut sizes: impl FnMut() -> usize) -> (Vec<u8>, bool) {
+    // The most one request can leave unconsumed: its line, `\n`, a data block and `\r\n`.
+    const MAX_PENDING: usize = MC_MAX_LINE + 1 + MAX_VALUE + 2;
+    let (mut buffer, mut replies) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    while offset < input.len() {
+        let n = sizes().clamp(1, input.len() - offset);
+        buffer.extend_from_slice(&input[offset..offset + n]);
+        offset += n;
+        loop {
+            let mut out = Vec::new();
+            let progress = session.process(&buffer, &mut out);
+            assert!(progress.consumed <= buffer.len(), "consumed {} of {}", progress.consumed, buffer.len());
+            buffer.drain(..progress.consumed);
+            replies.extend_from_slice(&out);
+            if progress.close {
+                return (replies, true);
+            }
+            if progress.consumed == 0 || buffer.is_empty() {
+                assert!(out.is_empty() || progress.consumed > 0, "replied without consuming");
+                break;
+            }
+        }
+        assert!(buffer.len() <= MAX_PENDING, "{} bytes left unconsumed", buffer.len());
+    }
+    (replies, false)
+}
+
+/// Asserts that `replies` is a sequence of well-formed memcached replies: lines ending in
+/// `\r\n` without control characters, known reply words, and `VALUE`/`VA` followed by a data
+/// block of exactly the announced size.
+fn assert_well_formed(replies: &[u8]) {
+    let mut rest = replies;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("unterminated reply {rest:?}"));
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        assert!(
+            !line.iter().any(|&b| b < 0x20 || b == 0x7f),
+            "reply line with control characters: {:?}",
+            String::from_utf8_lossy(line)
+        );
+        let text = String::from_utf8_lossy(line);
+        let words: Vec<&str> = text.split(' ').collect();
+        let number = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("not a number in {text:?}"));
+        let block = match words[0] {
+            "VALUE" => {
+                assert!(words.len() == 4 || words.len() == 5, "bad VALUE line {text:?}");
+                assert!(!words[1].is_empty(), "empty key in {text:?}");
+                number(words[2]);
+                if words.len() == 5 {
+                    number(words[4]);
+                }
+                Some(number(words[3]) as usize)
+            }
+            "VA" => Some(number(words[1]) as usize),
+            "STORED" | "NOT_STORED" | "EXISTS" | "NOT_FOUND" | "DELETED" | "TOUCHED" | "END" | "OK"
+            | "ERROR" => {
+                assert_eq!(words.len(), 1, "extra words in {text:?}");
+                None
+            }
+            "CLIENT_ERROR" | "SERVER_ERROR" | "VERSION" => {
+                assert!(words.len() >= 2, "no message in {text:?}");
+                None
+            }
+            "STAT" => {
+                assert_eq!(words.len(), 3, "bad STAT line {text:?}");
+                None
+            }
+            "HD" | "NS" | "EX" | "NF" | "EN" | "MN" => None,
+            word => {
+                number(word);
+                assert_eq!(words.len(), 1, "extra words in {text:?}");
+                None
+            }
+        };
+        if let Some(size) = block {
+            assert!(rest.len() >= size + 2, "data block of {size} bytes cut short");
+            assert_eq!(&rest[size..size + 2], b"\r\n", "data block not followed by CRLF");
+            rest = &rest[size + 2..];
+        }
+    }
+}
+
+/// Replaces CAS uniques (clock-seeded per store, 16 digits) so that replies of two stores
+/// compare equal.
+fn without_cas(replies: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(replies.len());
+    let mut i = 0;
+    while i < replies.len() {
+        let digits = replies[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits >= 15 {
+            out.push(b'#');
+            i += digits;
+        } else if digits > 0 {
+            out.extend_from_slice(&replies[i..i + digits]);
+            i += digits;
+        } else {
+            out.push(replies[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Chunk sizes from a small xorshift generator seeded by `seed`: mostly short, sometimes long.
+fn chunk_sizes(seed: u8) -> impl FnMut() -> usize {
+    let mut state = u32::from(seed) | 0x1000;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        if state % 4 == 0 {
+            (state >> 8) as usize % 512
+        } else {
+            (state >> 8) as usize % 16
+        }
+    }
+}
+
+/// `textkv::protocol::memcache::MemcacheSession` fed `data[1..]`; `data[0]` seeds the random
+/// chunking.
+pub fn memcache_parse(data: &[u8], stores: &MemcacheStores) {
+    let Some((&seed, input)) = data.split_first() else { return };
+    let started = unix_now();
+    let mut runs = Vec::new();
+    let splits = [&mut (|| usize::MAX) as &mut dyn FnMut() -> usize, &mut || 1, &mut chunk_sizes(seed)];
+    for (i, sizes) in splits.into_iter().enumerate() {
+        let (replies, closed) = feed(&mut stores.session(i), input, sizes);
+        assert_well_formed(&replies);
+        runs.push((without_cas(&replies), closed));
+    }
+    // Replies depend on the clock only through expiry times, `stats` and delayed flushes:
+    // compare when the input has neither of the latter and all runs fell within one second.
+    let timed = [&b"stats"[..], b"flush_all"].iter().any(|w| input.windows(w.len()).any(|x| x == *w));
+    if !timed && unix_now() == started {
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            assert!(
+                *run == runs[0],
+                "split {i} answers differently:\n{:?}\nall at once:\n{:?}",
+                String::from_utf8_lossy(&run.0),
+                String::from_utf8_lossy(&runs[0].0)
+            );
+        }
     }
 }

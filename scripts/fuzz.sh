@@ -13,18 +13,22 @@ cd "$(dirname "$0")/../fuzz"
 runs=${1:-10000000}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(line_parse record_parse recovery_load)
+[ ${#targets[@]} -gt 0 ] || targets=(line_parse record_parse recovery_load memcache_parse)
 sanitizer=${SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
-# recovery_load writes every input to a file: keep that in memory when possible.
+# recovery_load writes every input to a file, memcache_parse keeps its stores in one:
+# keep them in memory when possible.
 [ -d /dev/shm ] && export TMPDIR=/dev/shm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in "${targets[@]}"; do
   mkdir -p "$work/$target"
+  # memcache_parse speaks memcached: it has its own dictionary.
+  dict=textkv.dict
+  [ "$target" = memcache_parse ] && dict=memcache.dict
   echo "== $target: $runs runs"
   cargo fuzz run -s "$sanitizer" -O "$target" "$work/$target" "corpus/$target" -- \
-    -dict=textkv.dict -max_len=4096 -runs="$runs" -print_final_stats=1 2>&1 |
+    -dict="$dict" -max_len=4096 -runs="$runs" -print_final_stats=1 2>&1 |
     grep -E "^(Done|stat::|INFO: Seed)|panicked|ERROR|SUMMARY" || true
   # Keep the committed corpus small: only inputs that add coverage.
   cargo fuzz run -s "$sanitizer" -O "$target" "corpus/$target" "$work/$target" -- \

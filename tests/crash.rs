@@ -8,11 +8,14 @@
 //! correct, since it was never acknowledged). A compactor connection runs `compact` now and
 //! then, so some kills land inside a compaction.
 //!
+//! The same harness runs with clients speaking memcached (`set`/`delete` without `noreply`
+//! on the `--memcached` listener): `memcached_clients_lose_no_acknowledged_write_with_fsync_always`.
+//!
 //! Knobs (the defaults keep `cargo test` short; `scripts/crash-test.sh` runs a long version):
 //! `TEXTKV_CRASH_CYCLES` (20; `TEXTKV_CRASH_CYCLES_EVERYSEC`, 5, for the
 //! `everysec` run), `TEXTKV_CRASH_THREADS` (4), `TEXTKV_CRASH_KEYS` (keys per
 //! thread, 64), `TEXTKV_CRASH_MAX_MS` (longest run between kills, 400),
-//! `TEXTKV_CRASH_SEED` (replay a run).
+//! `TEXTKV_CRASH_SEED` (replay a run), `TEXTKV_CRASH_CYCLES_MEMCACHED` (5).
 //!
 //! What this proves and what it does not: SIGKILL ends the process but not the kernel, so
 //! data written with write(2) survives in the page cache whether or not it was fsynced.
@@ -24,11 +27,12 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::faults::{assert_no_panic, decode_get, env_or, set_request, Conn, Rng};
+use common::faults::{assert_no_panic, decode_get, env_or, set_request, Conn, McConn, Rng};
 use common::{temp_db, Server};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +67,65 @@ fn value_for(client: usize, key: usize, seq: u64, rng: &mut Rng) -> Vec<u8> {
     value
 }
 
+/// Which protocol the writing clients speak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Line,
+    Memcached,
+}
+
+fn client_addr(server: &Server, protocol: Protocol) -> SocketAddr {
+    match protocol {
+        Protocol::Line => server.addr,
+        Protocol::Memcached => server.listener("memcached"),
+    }
+}
+
+/// A client connection in either protocol.
+enum AnyConn {
+    Line(Conn),
+    Memcached(McConn),
+}
+
+impl AnyConn {
+    /// Connects to the server's listener for `protocol`.
+    fn connect(server: &Server, protocol: Protocol) -> std::io::Result<AnyConn> {
+        AnyConn::connect_to(client_addr(server, protocol), protocol)
+    }
+
+    fn connect_to(addr: SocketAddr, protocol: Protocol) -> std::io::Result<AnyConn> {
+        Ok(match protocol {
+            Protocol::Line => AnyConn::Line(Conn::connect(addr, IO_TIMEOUT)?),
+            Protocol::Memcached => AnyConn::Memcached(McConn::connect(addr, IO_TIMEOUT)?),
+        })
+    }
+
+    /// Sets or (`value` None) deletes `key`; Ok once acknowledged. An error is a broken
+    /// connection (the server was killed); any other reply fails the test.
+    fn write(&mut self, key: &str, value: Option<&[u8]>) -> std::io::Result<()> {
+        let (reply, expected): (Vec<u8>, &[u8]) = match (self, value) {
+            (AnyConn::Line(conn), Some(value)) => (conn.call(&set_request(key, value))?, b"STORED"),
+            (AnyConn::Line(conn), None) => (conn.call(format!("del {key}").as_bytes())?, b"DELETED"),
+            (AnyConn::Memcached(conn), Some(value)) => (conn.store("set", key, 0, value)?, b"STORED"),
+            (AnyConn::Memcached(conn), None) => (conn.call(&format!("delete {key}"))?, b"DELETED"),
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            String::from_utf8_lossy(expected),
+            "reply to a {} of {key}",
+            if value.is_some() { "set" } else { "delete" }
+        );
+        Ok(())
+    }
+
+    fn get(&mut self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match self {
+            AnyConn::Line(conn) => Ok(decode_get(&conn.call(format!("get {key}").as_bytes())?)),
+            AnyConn::Memcached(conn) => conn.get(key),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Totals {
     acked_writes: AtomicU64,
@@ -71,8 +134,8 @@ struct Totals {
 
 impl Client {
     /// Writes and deletes until the connection breaks (the server was killed) or `stop`.
-    fn run(&mut self, addr: std::net::SocketAddr, stop: &AtomicBool, totals: &Totals) {
-        let Ok(mut conn) = Conn::connect(addr, IO_TIMEOUT) else { return };
+    fn run(&mut self, addr: SocketAddr, protocol: Protocol, stop: &AtomicBool, totals: &Totals) {
+        let Ok(mut conn) = AnyConn::connect_to(addr, protocol) else { return };
         // Bounded even if the kill never came.
         for _ in 0..1_000_000 {
             if stop.load(Ordering::Relaxed) {
@@ -81,22 +144,16 @@ impl Client {
             let k = self.rng.range(0, self.keys.len() as u64) as usize;
             let name = key_name(self.id, k);
             let delete = self.keys[k].acked.is_some() && self.rng.chance(30);
-            let (request, next) = if delete {
-                (format!("del {name}").into_bytes(), None)
+            let next = if delete {
+                None
             } else {
                 self.seq += 1;
-                let value = value_for(self.id, k, self.seq, &mut self.rng);
-                (set_request(&name, &value), Some(value))
+                Some(value_for(self.id, k, self.seq, &mut self.rng))
             };
             self.keys[k].pending = Some(next.clone());
-            let Ok(reply) = conn.call(&request) else { return };
-            let expected: &[u8] = if delete { b"DELETED" } else { b"STORED" };
-            assert_eq!(
-                String::from_utf8_lossy(&reply),
-                String::from_utf8_lossy(expected),
-                "reply to a {} of {name}",
-                if delete { "del" } else { "set" }
-            );
+            if conn.write(&name, next.as_deref()).is_err() {
+                return;
+            }
             let state = &mut self.keys[k];
             state.acked = next;
             state.pending = None;
@@ -106,11 +163,10 @@ impl Client {
     }
 
     /// Checks every key against the restarted server; resolves the in-flight request.
-    fn verify(&mut self, conn: &mut Conn, cycle: u64, stats: &mut Stats) {
+    fn verify(&mut self, conn: &mut AnyConn, cycle: u64, stats: &mut Stats) {
         for k in 0..self.keys.len() {
             let name = key_name(self.id, k);
-            let reply = conn.call(format!("get {name}").as_bytes()).expect("get after restart");
-            let found = decode_get(&reply);
+            let found = conn.get(&name).expect("get after restart");
             let state = &mut self.keys[k];
             if found == state.acked {
                 if state.pending.is_some() {
@@ -147,13 +203,16 @@ struct Stats {
     compactions_interrupted: u64,
 }
 
-fn crash_cycles(fsync: &str, cycles: u64) -> Stats {
+fn crash_cycles(fsync: &str, protocol: Protocol, cycles: u64) -> Stats {
     let threads = env_or("TEXTKV_CRASH_THREADS", 4) as usize;
     let keys = env_or("TEXTKV_CRASH_KEYS", 64) as usize;
     let max_ms = env_or("TEXTKV_CRASH_MAX_MS", 400);
     let mut rng = Rng::from_env("TEXTKV_CRASH_SEED");
     let (_dir, db) = temp_db();
-    let args = ["--fsync", fsync];
+    let mut args = vec!["--fsync", fsync];
+    if protocol == Protocol::Memcached {
+        args.extend(["--memcached", "127.0.0.1:0"]);
+    }
     let totals = Arc::new(Totals::default());
     let mut clients: Vec<Client> = (0..threads)
         .map(|id| Client { id, keys: vec![KeyState::default(); keys], seq: 0, rng: Rng::new(rng.next_u64()) })
@@ -168,9 +227,10 @@ fn crash_cycles(fsync: &str, cycles: u64) -> Stats {
         let run_for = Duration::from_millis(rng.range(10, max_ms));
         let addr = server.as_ref().unwrap().addr;
         std::thread::scope(|scope| {
+            let client_addr = client_addr(server.as_ref().unwrap(), protocol);
             for client in clients.iter_mut() {
                 let (stop, totals) = (&stop, &*totals);
-                scope.spawn(move || client.run(addr, stop, totals));
+                scope.spawn(move || client.run(client_addr, protocol, stop, totals));
             }
             let compactor = scope.spawn(|| {
                 let Ok(mut conn) = Conn::connect(addr, IO_TIMEOUT) else { return };
@@ -207,9 +267,10 @@ fn crash_cycles(fsync: &str, cycles: u64) -> Stats {
             stats.compactions_interrupted += 1;
         }
         let mut conn = Conn::connect(restarted.addr, IO_TIMEOUT).expect("connect after restart");
+        let mut reader = AnyConn::connect(&restarted, protocol).expect("connect after restart");
         server = Some(restarted);
         for client in clients.iter_mut() {
-            client.verify(&mut conn, cycle, &mut stats);
+            client.verify(&mut reader, cycle, &mut stats);
         }
         // Nothing deleted came back and nothing unknown appeared.
         let listed: BTreeSet<String> = conn
@@ -230,9 +291,10 @@ fn crash_cycles(fsync: &str, cycles: u64) -> Stats {
     let writes = totals.acked_writes.load(Ordering::Relaxed);
     let deletes = totals.acked_deletes.load(Ordering::Relaxed);
     eprintln!(
-        "crash test (--fsync {fsync}): {} kill/restart cycles in {:.1} s, {writes} acknowledged sets and \
+        "crash test (--fsync {fsync}, {} clients): {} kill/restart cycles in {:.1} s, {writes} acknowledged sets and \
          {deletes} acknowledged deletes, {} key checks, 0 lost; in-flight at the kill: {} applied, {} not; \
          torn final lines cut: {}; kills inside a compaction (temporary file removed at restart): {}",
+        if protocol == Protocol::Memcached { "memcached" } else { "line-protocol" },
         stats.cycles,
         started.elapsed().as_secs_f64(),
         stats.keys_verified,
@@ -248,7 +310,7 @@ fn crash_cycles(fsync: &str, cycles: u64) -> Stats {
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_write_with_fsync_always() {
     let cycles = env_or("TEXTKV_CRASH_CYCLES", 20);
-    assert_eq!(crash_cycles("always", cycles).cycles, cycles);
+    assert_eq!(crash_cycles("always", Protocol::Line, cycles).cycles, cycles);
 }
 
 /// `everysec` acknowledges after write(2): a process crash must lose nothing either (only a
@@ -256,5 +318,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write_with_fsync_always() {
 #[test]
 fn sigkill_loses_no_acknowledged_write_with_fsync_everysec() {
     let cycles = env_or("TEXTKV_CRASH_CYCLES_EVERYSEC", 5);
-    assert_eq!(crash_cycles("everysec", cycles).cycles, cycles);
+    assert_eq!(crash_cycles("everysec", Protocol::Line, cycles).cycles, cycles);
+}
+
+/// The same with clients speaking memcached (`set`/`delete`, replies on): an acknowledged
+/// `STORED` or `DELETED` survives SIGKILL.
+#[test]
+fn memcached_clients_lose_no_acknowledged_write_with_fsync_always() {
+    let cycles = env_or("TEXTKV_CRASH_CYCLES_MEMCACHED", 5);
+    assert_eq!(crash_cycles("always", Protocol::Memcached, cycles).cycles, cycles);
 }

@@ -1,11 +1,7 @@
 //! Floods and slow or hostile clients against the real server: many connections, the
 //! connection cap, idle and non-reading clients, oversized lines, garbage and resets. Memory
 //! is measured from /proc/<pid>/status (VmHWM = peak resident set).
-//!
-//! Memcached listener (`--memcached ADDR`, built on another branch): add the same cases on
-//! that listener once it exists — cap reply `SERVER_ERROR too many connections`, a data block
-//! larger than the limit, a `get` with thousands of keys, and garbage — via
-//! `server.listener("memcached")`.
+//! The `memcached_*` tests do the same on the memcached listener (`--memcached`).
 
 mod common;
 
@@ -13,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::faults::{assert_no_panic, proc_status_kib, raise_nofile, with_rlimit, Conn, Rng};
+use common::faults::{assert_no_panic, proc_status_kib, raise_nofile, with_rlimit, Conn, McConn, Rng};
 use common::{temp_db, Server};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -316,4 +312,308 @@ fn garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
     let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
     check(&mut conn);
     eprintln!("hostile clients: {attacks} connections of garbage, half requests and resets");
+}
+
+// The memcached listener.
+
+fn start_memcached(db: &std::path::Path, extra: &[&str]) -> (Server, SocketAddr) {
+    let mut args = vec!["--memcached", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(db, &args);
+    let addr = server.listener("memcached");
+    (server, addr)
+}
+
+/// Sets a RST-on-close (SO_LINGER 0) on `stream`, so dropping it resets the connection.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[test]
+fn memcached_connections_past_the_cap_get_server_error_and_the_server_stays_healthy() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = start_memcached(&db, &["--max-connections", "50"]);
+    let mut conns: Vec<McConn> = (0..50)
+        .map(|i| {
+            let mut conn = McConn::connect(addr, IO_TIMEOUT).unwrap();
+            assert_eq!(conn.store("set", &format!("conn{i}"), i, b"v").unwrap(), b"STORED");
+            conn
+        })
+        .collect();
+    // Connection 51, on either listener: told why in its protocol's words, then closed.
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut reply = Vec::new();
+    let _ = extra.read_to_end(&mut reply);
+    assert_eq!(String::from_utf8_lossy(&reply), "SERVER_ERROR too many open connections\r\n");
+    let mut line = TcpStream::connect(server.addr).unwrap();
+    line.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut reply = Vec::new();
+    let _ = line.read_to_end(&mut reply);
+    assert_eq!(String::from_utf8_lossy(&reply), "ERROR too many connections\n");
+
+    // Every admitted connection still answers; closing some makes room again.
+    for (i, conn) in conns.iter_mut().enumerate() {
+        assert_eq!(conn.get(&format!("conn{i}")).unwrap(), Some(b"v".to_vec()));
+    }
+    conns.truncate(45);
+    let mut fresh = None;
+    eventually("a slot to free up", IO_TIMEOUT, || match McConn::connect(addr, IO_TIMEOUT) {
+        Ok(mut conn) => match conn.call("version") {
+            Ok(reply) if reply.starts_with(b"VERSION ") => {
+                fresh = Some(conn);
+                true
+            }
+            _ => false,
+        },
+        Err(_) => false,
+    });
+    assert_eq!(fresh.unwrap().get("conn49").unwrap(), Some(b"v".to_vec()));
+    drop(conns);
+    assert!(stat(server.addr, "rejected_connections") >= 2);
+    assert_no_panic(&server.log());
+}
+
+/// A data block far larger than `--max-value-bytes` (100 MiB against 1 MiB) is refused as
+/// soon as its command line arrives, discarded as it streams in (memory stays bounded), the
+/// old value is kept, and the connection keeps working after it.
+#[test]
+fn memcached_a_data_block_larger_than_the_limit_is_swallowed_and_memory_stays_bounded() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = start_memcached(&db, &[]);
+    let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
+    assert_eq!(mc.store("set", "huge", 7, b"old value").unwrap(), b"STORED");
+    let before = proc_status_kib(server.pid(), "VmRSS");
+    mc.send(b"set huge 0 0 104857600\r\n").unwrap();
+    assert_eq!(mc.read_line().unwrap(), b"SERVER_ERROR object too large for cache");
+    // The block holds what looks like commands: they must be swallowed, not run.
+    let chunk = b"delete huge\r\nset x 0 0 1\r\n".repeat((1 << 20) / 25 + 1);
+    let chunk = &chunk[..1 << 20];
+    for _ in 0..100 {
+        mc.send(chunk).unwrap();
+    }
+    mc.send(b"\r\n").unwrap();
+    let peak = proc_status_kib(server.pid(), "VmHWM");
+    assert_eq!(mc.get("huge").unwrap(), Some(b"old value".to_vec()), "the old value is kept");
+    assert_eq!(mc.get("x").unwrap(), None, "the block's content was not run");
+    assert_eq!(mc.store("set", "after", 0, b"works").unwrap(), b"STORED");
+    assert_eq!(mc.get("after").unwrap(), Some(b"works".to_vec()));
+    eprintln!("100 MiB data block: RSS {before} KiB before, peak {peak} KiB");
+    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    assert_no_panic(&server.log());
+}
+
+/// A `get` naming 10,000 keys (a 90 KB line) is answered in full and in order, and memory
+/// stays bounded.
+#[test]
+fn memcached_a_get_with_thousands_of_keys_is_answered_and_memory_stays_bounded() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = start_memcached(&db, &[]);
+    let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
+    let value = |i: usize| format!("{i}:{}", "v".repeat(1000)).into_bytes();
+    for i in (0..10_000).step_by(10) {
+        assert_eq!(mc.store("set", &format!("k{i}"), 0, &value(i)).unwrap(), b"STORED");
+    }
+    let before = proc_status_kib(server.pid(), "VmRSS");
+    let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for _ in 0..3 {
+        let hits = mc.get_many(&keys).unwrap();
+        assert_eq!(hits.len(), 1000, "every stored key is answered");
+        for (n, (key, _, got)) in hits.iter().enumerate() {
+            assert_eq!(*key, format!("k{}", n * 10));
+            assert_eq!(*got, value(n * 10));
+        }
+    }
+    let peak = proc_status_kib(server.pid(), "VmHWM");
+    eprintln!("get with 10,000 keys (1,000 hits of 1 KiB) ×3: RSS {before} KiB before, peak {peak} KiB");
+    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    assert_eq!(mc.call("version").unwrap(), b"VERSION textkv-0.1.0");
+    assert_no_panic(&server.log());
+}
+
+/// A client that pipelines multi-gets of large values and never reads a reply is disconnected
+/// by the idle timeout, and the server's memory stays bounded meanwhile, although each `get`
+/// asks for 100 MiB (a long multi-get is answered a part at a time).
+#[test]
+fn memcached_a_client_that_never_reads_pipelined_multigets_is_disconnected_with_bounded_memory() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = start_memcached(&db, &["--idle-timeout", "2"]);
+    let big = vec![b'x'; 1 << 20];
+    let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
+    assert_eq!(mc.store("set", "big", 0, &big).unwrap(), b"STORED");
+    let before = proc_status_kib(server.pid(), "VmRSS");
+    let mut flood = TcpStream::connect(addr).unwrap();
+    flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Each request asks for 100 MiB of replies.
+    let mut request = b"get".to_vec();
+    for _ in 0..100 {
+        request.extend_from_slice(b" big");
+    }
+    request.extend_from_slice(b"\r\n");
+    let requests = request.repeat(64);
+    let mut sent_gets = 0u64;
+    for _ in 0..10_000 {
+        match flood.write_all(&requests) {
+            Ok(()) => sent_gets += 64,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        server.wait_for_log("idle or not reading", IO_TIMEOUT),
+        "the non-reading client was not disconnected:\n{}",
+        server.log()
+    );
+    let peak = proc_status_kib(server.pid(), "VmHWM");
+    eprintln!(
+        "memcached non-reading client: {sent_gets} multi-gets of 100 MiB sent ({} GiB of replies \
+         asked for), RSS {before} KiB before, peak {peak} KiB",
+        (sent_gets * 100) >> 10
+    );
+    assert!(sent_gets >= 64, "the flood did not get going");
+    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    // (`mc` sat idle through the flood, so it was closed too: a new client is served.)
+    let mut other = McConn::connect(addr, IO_TIMEOUT).unwrap();
+    assert_eq!(other.get("big").unwrap(), Some(big), "other clients are served");
+    drop(flood);
+    assert_no_panic(&server.log());
+}
+
+/// Random bytes, mangled memcached commands, half requests and data blocks cut by a
+/// disconnect, and connections reset mid-reply, from several threads; a well-behaved client
+/// keeps checking its data meanwhile, and the file reloads with all of it.
+#[test]
+fn memcached_garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = start_memcached(&db, &["--max-value-bytes", "65536"]);
+    let mut good = McConn::connect(addr, IO_TIMEOUT).unwrap();
+    let keep: Vec<(String, Vec<u8>)> =
+        (0..50).map(|i| (format!("keep:{i}"), format!("kept {i}\r\n\0 value").into_bytes())).collect();
+    for (key, value) in &keep {
+        assert_eq!(good.store("set", key, 0, value).unwrap(), b"STORED");
+    }
+    assert_eq!(good.store("set", "wide", 0, &vec![b'w'; 60_000]).unwrap(), b"STORED");
+    let check = |conn: &mut McConn| {
+        let keys: Vec<&str> = keep.iter().map(|(k, _)| k.as_str()).collect();
+        let hits = conn.get_many(&keys).unwrap();
+        let want: Vec<(String, u32, Vec<u8>)> = keep.iter().map(|(k, v)| (k.clone(), 0, v.clone())).collect();
+        assert_eq!(hits, want);
+    };
+
+    let mut rng = Rng::from_env("TEXTKV_GARBAGE_SEED");
+    let templates: &[&[u8]] = &[
+        b"get ",
+        b"gets ",
+        b"gat ",
+        b"set ",
+        b"add ",
+        b"cas ",
+        b"append ",
+        b"incr ",
+        b"delete ",
+        b"touch ",
+        b"mg ",
+        b"ms ",
+        b"md ",
+        b"ma ",
+        b"mn",
+        b"stats",
+        b"version",
+        b"verbosity ",
+        b"noreply",
+        b" 0 0 ",
+        b" 5 ",
+        b"\r\n",
+        b"\n",
+        b" ",
+        b"\x00",
+        b"\xff\xfe",
+        b"99999999999999999999999",
+        b"-1",
+        b" v k c",
+        b" T-1",
+        b" O",
+        b"GET / HTTP/1.1\r\n",
+        b"k",
+    ];
+    let attacks: u64 = std::thread::scope(|scope| {
+        let mut attackers = Vec::new();
+        for t in 0..4 {
+            let mut rng = Rng::new(rng.next_u64());
+            attackers.push(scope.spawn(move || {
+                let mut done = 0u64;
+                for round in 0..40 {
+                    let Ok(mut stream) = TcpStream::connect(addr) else { continue };
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut payload = Vec::new();
+                    let kind = (round + t) % 5;
+                    match kind {
+                        0 => {
+                            let len = rng.range(1, 20_000) as usize;
+                            payload = rng.bytes(len);
+                        }
+                        1 => {
+                            for _ in 0..rng.range(1, 200) {
+                                payload.extend_from_slice(
+                                    templates[rng.range(0, templates.len() as u64) as usize],
+                                );
+                                if rng.chance(30) {
+                                    let len = rng.range(1, 8) as usize;
+                                    payload.extend(rng.bytes(len));
+                                }
+                            }
+                        }
+                        // A half request line, then the connection goes away.
+                        2 => payload.extend_from_slice(b"set keep:0 0 0 1"),
+                        // Half a data block for a protected key, then gone: nothing is stored.
+                        3 => payload.extend_from_slice(b"set keep:1 0 0 100\r\nonly part of the"),
+                        // Ask for large replies, then reset the connection mid-reply.
+                        _ => payload = b"get wide wide wide\r\nstats\r\n".repeat(100),
+                    }
+                    // Never let garbage spell a write to the protected keys or a flush.
+                    let lower = payload.to_ascii_lowercase();
+                    let dangerous = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+                    if kind < 2 && (dangerous(b"flush") || dangerous(b"keep:")) {
+                        continue;
+                    }
+                    let _ = stream.write_all(&payload);
+                    if kind == 4 {
+                        let mut some = [0u8; 1000];
+                        let _ = stream.read(&mut some);
+                        reset_on_close(&stream);
+                    } else if rng.chance(50) {
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        let mut sink = Vec::new();
+                        let _ = stream.read_to_end(&mut sink);
+                    }
+                    done += 1;
+                }
+                done
+            }));
+        }
+        for _ in 0..20 {
+            check(&mut good);
+            assert_eq!(good.call("mn").unwrap(), b"MN");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        attackers.into_iter().map(|a| a.join().unwrap()).sum()
+    });
+    check(&mut good);
+    let log = server.log();
+    assert_no_panic(&log);
+    server.kill();
+    let (_server, addr) = start_memcached(&db, &[]);
+    check(&mut McConn::connect(addr, IO_TIMEOUT).unwrap());
+    eprintln!("memcached hostile clients: {attacks} connections of garbage, half requests and resets");
 }

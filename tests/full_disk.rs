@@ -7,14 +7,18 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::faults::{assert_no_panic, decode_get, set_request, with_rlimit, Conn};
+use common::faults::{assert_no_panic, decode_get, set_request, with_rlimit, Conn, McConn};
 use common::{temp_db, Server};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const LIMIT: u64 = 64 * 1024;
 
 fn start_limited(db: &std::path::Path) -> Server {
-    let mut command = Server::command(db, &[]);
+    start_limited_with(db, &[])
+}
+
+fn start_limited_with(db: &std::path::Path, args: &[&str]) -> Server {
+    let mut command = Server::command(db, args);
     with_rlimit(&mut command, libc::RLIMIT_FSIZE, LIMIT, LIMIT);
     Server::start_command(command, db).unwrap_or_else(|e| panic!("{}", e.log))
 }
@@ -142,4 +146,93 @@ fn compaction_frees_space_on_a_full_disk_and_writes_resume_without_a_restart() {
     let server = start_limited(&db);
     let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
     check_values(&mut conn, &latest);
+}
+
+/// The memcached listener on a full disk (tests/memcached.rs has the one-request transcript):
+/// every kind of write gets `SERVER_ERROR out of disk space` (and nothing with `noreply`),
+/// the connection stays in step, reads keep working, the file stays whole, and after a
+/// restart with space back every acknowledged value is there and writes work again.
+#[test]
+fn memcached_writes_on_a_full_disk_get_server_error_and_reads_keep_working() {
+    const FULL: &[u8] = b"SERVER_ERROR out of disk space";
+    let (_dir, db) = temp_db();
+    let server = start_limited_with(&db, &["--memcached", "127.0.0.1:0"]);
+    let mut mc = McConn::connect(server.listener("memcached"), IO_TIMEOUT).unwrap();
+    // Values hold CRLF and NUL: the data block is found by its length, and the record escapes it.
+    let value_of = |i: usize| format!("value {i}\r\n\0{}", "v".repeat(300)).into_bytes();
+    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut reply = Vec::new();
+    for i in 0..1000 {
+        let key = format!("m{i}");
+        reply = mc.store("set", &key, i as u32, &value_of(i)).unwrap();
+        if reply != b"STORED" {
+            break;
+        }
+        acked.push((key, value_of(i)));
+    }
+    assert_eq!(String::from_utf8_lossy(&reply), String::from_utf8_lossy(FULL));
+    assert!(acked.len() > 100, "only {} writes before the limit", acked.len());
+
+    // Every write command fails the same way, and the stream stays in step.
+    let big = vec![b'x'; 300];
+    for command in ["set", "add", "replace", "append", "prepend"] {
+        let key = if command == "add" { "fresh" } else { acked[1].0.as_str() };
+        assert_eq!(mc.store(command, key, 0, &big).unwrap(), FULL, "{command}");
+    }
+    let unique = mc.cas_of(&acked[1].0).unwrap().expect("stored");
+    mc.send(format!("cas {} 0 0 300 {unique}\r\n", acked[1].0).as_bytes()).unwrap();
+    mc.send(&big).unwrap();
+    assert_eq!(mc.call("").unwrap(), FULL, "cas");
+    assert_eq!(
+        mc.call(&format!("incr {} 1", acked[1].0)).unwrap(),
+        b"CLIENT_ERROR cannot increment or decrement non-numeric value"
+    );
+    // `noreply` means no reply at all, even for a failure: the next reply is `mn`'s.
+    mc.send(b"set quiet 0 0 300 noreply\r\n").unwrap();
+    mc.send(&big).unwrap();
+    assert_eq!(mc.call("\r\nmn").unwrap(), b"MN");
+    assert_eq!(mc.call("touch quiet 10").unwrap(), b"NOT_FOUND");
+    let mut request = b"ms metakey 300 T0\r\n".to_vec();
+    request.extend_from_slice(&big);
+    request.extend_from_slice(b"\r\n");
+    mc.send(&request).unwrap();
+    assert_eq!(mc.read_line().unwrap(), FULL, "ms");
+    let visible = mc.get_many(&["fresh", "quiet", "metakey"]).unwrap();
+    assert!(visible.is_empty(), "refused writes are visible: {visible:?}");
+
+    // Reads: every acknowledged value, flags included, 20 keys per multi-get.
+    for batch in acked.chunks(20) {
+        let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+        let hits = mc.get_many(&keys).unwrap();
+        assert_eq!(hits.len(), batch.len());
+        for ((key, flags, value), (want_key, want)) in hits.iter().zip(batch) {
+            assert_eq!((key, value), (want_key, want));
+            assert_eq!(*flags, want_key[1..].parse::<u32>().unwrap());
+        }
+    }
+    assert_whole_records(&db);
+    assert!(fs::metadata(&db).unwrap().len() <= LIMIT);
+
+    // A delete or an incr is a small record: it fits in what is left, or fails just as cleanly.
+    let reply = mc.call(&format!("delete {}", acked[0].0)).unwrap();
+    if reply == b"DELETED" {
+        acked.remove(0);
+    } else {
+        assert_eq!(reply, FULL);
+    }
+    assert_eq!(mc.call("version").unwrap(), b"VERSION textkv-0.1.0", "the connection goes on");
+    let log = server.log();
+    server.kill();
+    assert_no_panic(&log);
+    assert_whole_records(&db);
+
+    // Space is back: the file loads without a torn line, and writes work again.
+    let server = Server::start(&db, &["--memcached", "127.0.0.1:0"]);
+    assert!(!server.log().contains("torn"), "no half record was left:\n{}", server.log());
+    let mut mc = McConn::connect(server.listener("memcached"), IO_TIMEOUT).unwrap();
+    for (key, value) in &acked {
+        assert_eq!(mc.get(key).unwrap().as_ref(), Some(value), "{key}");
+    }
+    assert_eq!(mc.store("set", "fresh", 0, &big).unwrap(), b"STORED");
+    assert_eq!(mc.get("fresh").unwrap(), Some(big));
 }

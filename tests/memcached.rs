@@ -462,19 +462,3 @@ fn a_noreply_store_that_fills_the_queue_keeps_the_replies_before_it() {
     expected.push_str("MN\r\n");
     assert_eq!(text(transcript(addr, &request)), expected);
 }
-
-#[test]
-fn a_get_whose_reply_would_be_huge_is_refused_and_the_connection_goes_on() {
-    let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &["--max-value-bytes", "1000", "--max-line-bytes", "200000"]);
-    // 50,000 repeats of a key holding 1,000 bytes: a 50 MB reply, past the 8 MiB cap.
-    let mut request = format!("set k 0 0 1000\r\n{}\r\nget", "v".repeat(1000)).into_bytes();
-    request.extend_from_slice(&b" k".repeat(50_000));
-    request.extend_from_slice(b"\r\nget k k\r\n");
-    let reply = text(transcript(addr, &request));
-    let value = format!("VALUE k 0 1000\r\n{}\r\n", "v".repeat(1000));
-    assert_eq!(
-        reply,
-        format!("STORED\r\nSERVER_ERROR out of memory writing get response\r\n{value}{value}END\r\n")
-    );
-}

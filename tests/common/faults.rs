@@ -1,7 +1,7 @@
 //! Helpers for the fault tests (crash, full disk, floods): a seeded RNG, resource limits for
-//! the spawned server, its memory use, and a line-protocol connection with timeouts.
+//! the spawned server, its memory use, and line-protocol and memcached connections with timeouts.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -159,4 +159,114 @@ pub fn decode_get(reply: &[u8]) -> Option<Vec<u8>> {
 /// Asserts the server logged no panic.
 pub fn assert_no_panic(log: &str) {
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+/// A memcached-protocol connection with timeouts; like [`Conn`], failures are errors.
+pub struct McConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl McConn {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<McConn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(McConn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    /// One reply line, without its `\r\n`.
+    pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.reader.read_until(b'\n', &mut reply)?;
+        if !reply.ends_with(b"\r\n") {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        reply.truncate(reply.len() - 2);
+        Ok(reply)
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// Sends a command line (`\r\n` added) and returns the one-line reply.
+    pub fn call(&mut self, line: &str) -> std::io::Result<Vec<u8>> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.read_line()
+    }
+
+    /// `<command> <key> <flags> 0 <bytes>` with `value` as the data block; the reply line.
+    pub fn store(&mut self, command: &str, key: &str, flags: u32, value: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut request = format!("{command} {key} {flags} 0 {}\r\n", value.len()).into_bytes();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+        self.send(&request)?;
+        self.read_line()
+    }
+
+    /// `get` of several keys: the hits as key → (flags, value).
+    pub fn get_many(&mut self, keys: &[&str]) -> std::io::Result<Vec<(String, u32, Vec<u8>)>> {
+        self.send(format!("get {}\r\n", keys.join(" ")).as_bytes())?;
+        self.read_values()
+    }
+
+    /// `VALUE` blocks up to `END`.
+    pub fn read_values(&mut self) -> std::io::Result<Vec<(String, u32, Vec<u8>)>> {
+        let mut hits = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line == b"END" {
+                return Ok(hits);
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let words: Vec<&str> = text.split(' ').collect();
+            let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply {text:?}"));
+            if words.len() < 4 || words[0] != "VALUE" {
+                return Err(bad());
+            }
+            let flags = words[2].parse().map_err(|_| bad())?;
+            let len: usize = words[3].parse().map_err(|_| bad())?;
+            let mut data = vec![0; len + 2];
+            self.reader.read_exact(&mut data)?;
+            if !data.ends_with(b"\r\n") {
+                return Err(bad());
+            }
+            data.truncate(len);
+            hits.push((words[1].to_string(), flags, data));
+        }
+    }
+
+    /// `get` of one key: its value, or None on a miss.
+    pub fn get(&mut self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.get_many(&[key])?.pop().map(|(_, _, value)| value))
+    }
+
+    /// The CAS unique of `key` (via `gets`), or None on a miss.
+    pub fn cas_of(&mut self, key: &str) -> std::io::Result<Option<u64>> {
+        self.send(format!("gets {key}\r\n").as_bytes())?;
+        let line = self.read_line()?;
+        if line == b"END" {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let words: Vec<&str> = text.split(' ').collect();
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply {text:?}"));
+        let (len, cas): (usize, u64) = match words[..] {
+            ["VALUE", _, _, len, cas] => (len.parse().map_err(|_| bad())?, cas.parse().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        };
+        let mut data = vec![0; len + 2];
+        self.reader.read_exact(&mut data)?;
+        if self.read_line()? != b"END" {
+            return Err(bad());
+        }
+        Ok(Some(cas))
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.writer
+    }
 }

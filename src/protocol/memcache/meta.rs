@@ -95,6 +95,11 @@ impl<'a> MetaFlags<'a> {
                     if arg.len() > MAX_OPAQUE {
                         return Err("CLIENT_ERROR opaque token too long");
                     }
+                    // Echoed verbatim: control bytes (a lone `\r`, escapes) would go raw into
+                    // the reply line, so refuse them as keys are refused (memcached echoes them).
+                    if arg.iter().any(|b| b.is_ascii_control()) {
+                        return Err(BAD_TOKEN);
+                    }
                     flags.opaque = Some(arg);
                     flags.returns.push(flag);
                 }
@@ -413,6 +418,7 @@ mod tests {
             parse(MetaKind::Get, &format!("O{}", "x".repeat(33))),
             Err("CLIENT_ERROR opaque token too long")
         );
+        assert_eq!(MetaFlags::parse(MetaKind::Get, &[&b"Oab\r\x1b[2J"[..]]), Err(BAD_TOKEN));
         assert_eq!(parse(MetaKind::Set, "MX"), Err("CLIENT_ERROR invalid mode for ms M token"));
         assert_eq!(parse(MetaKind::Arith, "Mx"), Err("CLIENT_ERROR invalid mode for ma M token"));
         assert_eq!(parse(MetaKind::Arith, "D-1"), Err("CLIENT_ERROR invalid or duplicate flag"));

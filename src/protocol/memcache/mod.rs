@@ -37,6 +37,10 @@
 //!
 //! Memory per connection stays under the line limit plus `--max-value-bytes`: a data block is
 //! buffered whole only when it will be stored; an oversized one is discarded as it arrives.
+//! A retrieval naming many keys is answered a part at a time: once the replies pass
+//! [`FLUSH_THRESHOLD`] the keys answered so far are consumed and the rest of the line is
+//! answered on the next call, after the connection has written the replies out, so
+//! `get big big big …` cannot make the server hold keys × value bytes of replies.
 
 mod flush;
 mod meta;
@@ -52,7 +56,7 @@ use super::{Context, Progress, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
-use request::{expires_at, Invalid, Keys, Request, StoreKind};
+use request::{expires_at, Invalid, Request, StoreKind};
 
 /// Longest request line other than a retrieval command, as in memcached.
 pub const MAX_COMMAND_LINE: usize = 2048;
@@ -73,6 +77,9 @@ enum State {
     Swallow(usize),
     /// Discarding up to the next `\n` (after a bad data chunk).
     SkipLine,
+    /// Answering a retrieval command whose first keys are answered and consumed: the input
+    /// starts with the rest of its key list (a complete line).
+    Retrieving { with_cas: bool, touch: Option<i64> },
 }
 
 /// Pipelined storage commands gathered before they are submitted together, so that they
@@ -231,6 +238,13 @@ impl MemcacheSession {
             }
             return (line_end, false);
         }
+        if let Request::Get { keys, with_cas, touch } = request {
+            self.flush_pending(out);
+            ServerStats::bump(&self.ctx.stats.commands);
+            // The key list is a slice of `input`.
+            let from = keys.as_bytes().as_ptr() as usize - input.as_ptr() as usize;
+            return (self.retrieve(input, from, with_cas, touch, out), false);
+        }
         let Some(bytes) = bytes else {
             self.flush_pending(out);
             let close = self.execute(&request, &[], out);
@@ -264,6 +278,46 @@ impl MemcacheSession {
         (block_end, close)
     }
 
+    /// Answers the keys of a retrieval line from `input[from..]` (the line is complete in
+    /// `input`) until the replies reach [`FLUSH_THRESHOLD`]; returns the bytes consumed: the
+    /// whole line once `END` is written, else up to the first key not answered yet, with the
+    /// state set to resume there. Always answers at least one key or the `END`.
+    fn retrieve(
+        &mut self,
+        input: &[u8],
+        from: usize,
+        with_cas: bool,
+        touch: Option<i64>,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let newline = from + input[from..].iter().position(|&b| b == b'\n').expect("a complete line");
+        let end = if newline > from && input[newline - 1] == b'\r' { newline - 1 } else { newline };
+        let executor = Executor { ctx: &self.ctx };
+        let mut pos = from;
+        let mut answered = false;
+        self.state = State::Ready;
+        loop {
+            while pos < end && input[pos] == b' ' {
+                pos += 1;
+            }
+            if pos == end {
+                out.extend_from_slice(b"END\r\n");
+                return newline + 1;
+            }
+            if answered && out.len() >= FLUSH_THRESHOLD {
+                self.state = State::Retrieving { with_cas, touch };
+                return pos;
+            }
+            let key_end = input[pos..end].iter().position(|&b| b == b' ').map_or(end, |i| pos + i);
+            if !executor.get_one(&input[pos..key_end], with_cas, touch, out) {
+                // A store error (SERVER_ERROR written): the rest of the request is dropped.
+                return newline + 1;
+            }
+            answered = true;
+            pos = key_end;
+        }
+    }
+
     /// Runs one request; `data` is its data block. Returns true to close the connection.
     fn execute(&mut self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
         ServerStats::bump(&self.ctx.stats.commands);
@@ -288,7 +342,7 @@ impl MemcacheSession {
                 // written just now belong to earlier requests and must not be cut below.
                 return false;
             }
-            Request::Get { keys, with_cas, touch } => executor.get(*keys, *with_cas, *touch, out),
+            Request::Get { .. } => unreachable!("retrievals are answered by `retrieve`"),
             Request::Delete { key, .. } => executor.delete(key, out),
             Request::Arith { key, delta, incr, .. } => executor.arith(key, *delta, *incr, out),
             Request::Touch { key, exptime, .. } => executor.touch(key, *exptime, out),
@@ -318,6 +372,9 @@ impl Session for MemcacheSession {
                     let n = left.min(rest.len());
                     consumed += n;
                     self.state = if n == left { State::Ready } else { State::Swallow(left - n) };
+                }
+                State::Retrieving { with_cas, touch } => {
+                    consumed += self.retrieve(rest, 0, with_cas, touch, out);
                 }
                 State::SkipLine => match rest.iter().position(|&b| b == b'\n') {
                     Some(i) => {
@@ -415,46 +472,34 @@ impl Executor<'_> {
         out.extend_from_slice(reply);
     }
 
-    fn get(&self, keys: Keys, with_cas: bool, touch: Option<i64>, out: &mut Vec<u8>) {
+    /// One key of a retrieval: its `VALUE` block on a hit. False after a store error (for
+    /// `gat`, whose touch is a write), with `SERVER_ERROR` written.
+    fn get_one(&self, key: &[u8], with_cas: bool, touch: Option<i64>, out: &mut Vec<u8>) -> bool {
         let c = self.counters();
-        let start = out.len();
-        let limit = max_get_reply(self.ctx.limits.max_value_bytes);
-        for key in keys.iter() {
-            if out.len() - start > limit {
-                // A long key list of large values (keys may repeat) would otherwise build a
-                // reply of any size in memory. memcached's own words for running out:
-                out.truncate(start);
-                out.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
-                return;
-            }
-            ServerStats::bump(&c.cmd_get);
-            let hit = match touch {
-                None => self.ctx.store.with_item(key, |item| {
-                    item.map(|item| {
-                        value_line(key, item.flags, item.value, with_cas.then_some(item.cas), out)
-                    })
-                }),
-                Some(exptime) => {
-                    ServerStats::bump(&c.cmd_touch);
-                    let op =
-                        WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
-                    match self.write(op, out) {
-                        Some(WriteOutcome::Touched(item)) => {
-                            ServerStats::bump(&c.touch_hits);
-                            value_line(key, item.flags, &item.value, with_cas.then_some(item.cas), out);
-                            Some(())
-                        }
-                        Some(_) => {
-                            ServerStats::bump(&c.touch_misses);
-                            None
-                        }
-                        None => return,
+        ServerStats::bump(&c.cmd_get);
+        let hit = match touch {
+            None => self.ctx.store.with_item(key, |item| {
+                item.map(|item| value_line(key, item.flags, item.value, with_cas.then_some(item.cas), out))
+            }),
+            Some(exptime) => {
+                ServerStats::bump(&c.cmd_touch);
+                let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
+                match self.write(op, out) {
+                    Some(WriteOutcome::Touched(item)) => {
+                        ServerStats::bump(&c.touch_hits);
+                        value_line(key, item.flags, &item.value, with_cas.then_some(item.cas), out);
+                        Some(())
                     }
+                    Some(_) => {
+                        ServerStats::bump(&c.touch_misses);
+                        None
+                    }
+                    None => return false,
                 }
-            };
-            ServerStats::bump(if hit.is_some() { &c.get_hits } else { &c.get_misses });
-        }
-        out.extend_from_slice(b"END\r\n");
+            }
+        };
+        ServerStats::bump(if hit.is_some() { &c.get_hits } else { &c.get_misses });
+        true
     }
 
     fn delete(&self, key: &[u8], out: &mut Vec<u8>) {
@@ -512,9 +557,12 @@ impl Executor<'_> {
 
     fn flush_all(&self, delay: i64, out: &mut Vec<u8>) {
         ServerStats::bump(&self.counters().cmd_flush);
+        // memcached reads the delay like an exptime: relative, or a Unix time past 30 days. A
+        // Unix time not in the future flushes now, like no delay: scheduled with delay 0, the
+        // background flush could land after writes this client sends after the `OK`.
+        let now = unix_now();
+        let delay = if delay > 0 { expires_at(delay, now).saturating_sub(now) } else { 0 };
         if delay > 0 {
-            // memcached reads the delay like an exptime: relative, or a Unix time past 30 days.
-            let delay = expires_at(delay, unix_now()).saturating_sub(unix_now());
             flush::schedule(&self.ctx.store, Some(Duration::from_secs(delay)));
             out.extend_from_slice(b"OK\r\n");
             return;
@@ -580,12 +628,6 @@ impl Executor<'_> {
 }
 
 /// `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
-/// Largest reply one `get`/`gets`/`gat`/`gats` may build: room for several of the largest
-/// values, while one request can no longer make a connection hold gigabytes.
-fn max_get_reply(max_value_bytes: usize) -> usize {
-    (8 << 20).max(4 * max_value_bytes)
-}
-
 /// The store operation of a storage command.
 fn store_op(mode: StoreMode, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> WriteOp {
     WriteOp::Store {
@@ -724,5 +766,52 @@ mod tests {
         }
         get.extend_from_slice(b"\r\n");
         assert_eq!(text(feed(&mut session, &get, 512)), "END\r\n");
+    }
+
+    /// A `get` naming a large value many times is answered a part at a time: no call buffers
+    /// much more than FLUSH_THRESHOLD of replies, and the whole reply is complete and in order.
+    #[test]
+    fn a_long_multi_get_is_answered_a_part_at_a_time() {
+        let (_dir, mut session) = new_session(1000);
+        let value = vec![b'v'; 1000];
+        let mut set = b"set k 3 0 1000\r\n".to_vec();
+        set.extend_from_slice(&value);
+        set.extend_from_slice(b"\r\n");
+        assert_eq!(text(feed(&mut session, &set, set.len())), "STORED\r\n");
+        let mut input = b"gets".to_vec();
+        for _ in 0..300 {
+            input.extend_from_slice(b" k  nokey");
+        }
+        input.extend_from_slice(b" \r\nmn\r\n");
+        let mut rest = &input[..];
+        let (mut all, mut calls) = (Vec::new(), 0);
+        while !rest.is_empty() {
+            let mut out = Vec::new();
+            let progress = session.process(rest, &mut out);
+            assert!(progress.consumed > 0 && !progress.close);
+            assert!(out.len() < FLUSH_THRESHOLD + 2000, "{} bytes of replies in one call", out.len());
+            rest = &rest[progress.consumed..];
+            all.extend(out);
+            calls += 1;
+        }
+        assert!(calls > 4, "answered in {calls} calls");
+        let all = text(all);
+        let header = all.lines().next().unwrap().to_string();
+        assert!(header.starts_with("VALUE k 3 1000 "));
+        let one = format!("{header}\r\n{}\r\n", "v".repeat(1000));
+        assert_eq!(all, format!("{}END\r\nMN\r\n", one.repeat(300)));
+    }
+
+    /// `flush_all <Unix time in the past>` flushes at once, before the requests after it run
+    /// (it used to be handed to the background flusher with delay 0, which could then remove
+    /// a value stored after the `OK`; found by the memcache_parse fuzz target).
+    #[test]
+    fn flush_all_with_a_past_unix_time_flushes_before_the_next_request() {
+        let (_dir, mut session) = new_session(8);
+        let past = unix_now() - 100;
+        let input = format!("set a 0 0 1\r\nx\r\nflush_all {past}\r\nset b 0 0 1\r\ny\r\n");
+        assert_eq!(text(feed(&mut session, input.as_bytes(), 1000)), "STORED\r\nOK\r\nSTORED\r\n");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(text(feed(&mut session, b"get a b\r\n", 100)), "VALUE b 0 1\r\ny\r\nEND\r\n");
     }
 }

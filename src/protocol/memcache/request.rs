@@ -48,8 +48,14 @@ impl StoreKind {
 pub struct Keys<'a>(&'a [u8]);
 
 impl<'a> Keys<'a> {
+    #[cfg(test)]
     pub fn iter(self) -> impl Iterator<Item = &'a [u8]> {
         tokens(self.0)
+    }
+
+    /// The key list as it stands in the request line.
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.0
     }
 }
 
