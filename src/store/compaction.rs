@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -36,6 +37,8 @@ pub(crate) struct Snapshot {
     file: File,
     len: u64,
     records: u64,
+    /// The old log's tail is already copied up to this offset (see `catch_up`).
+    copied_to: u64,
 }
 
 /// The new log, in place.
@@ -96,7 +99,7 @@ impl Compaction {
     ) -> Result<Compaction, (io::Error, Option<Waiter>)> {
         let path = path.to_path_buf();
         let spawned = std::thread::Builder::new().name("compactor".into()).spawn(move || {
-            let result = write_snapshot(&path, &shared);
+            let result = write_snapshot(&path, &shared, start_len);
             let _ = tx.send(Msg::SnapshotDone(result));
         });
         match spawned {
@@ -165,10 +168,10 @@ fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<
 
 /// Bytes of snapshot written between two fdatasyncs of the temporary file, so the kernel
 /// writes it back steadily instead of in one burst at the end that would stall the writer's
-/// own fsyncs.
-const SYNC_EVERY: u64 = 64 << 20;
+/// own fsyncs (and the final fsync, which writes wait for, has little left to do).
+const SYNC_EVERY: u64 = 16 << 20;
 
-fn write_snapshot(path: &Path, shared: &Shared) -> io::Result<Snapshot> {
+fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Snapshot> {
     let temp = temp_path(path);
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp)?;
     // The new log replaces the old one: it keeps the old one's permissions (a log made
@@ -195,6 +198,28 @@ fn write_snapshot(path: &Path, shared: &Shared) -> io::Result<Snapshot> {
             synced = len;
         }
     }
-    file.sync_data()?;
-    Ok(Snapshot { file, len, records })
+    let mut snapshot = Snapshot { file, len, records, copied_to: start_len };
+    catch_up(path, shared, &mut snapshot)?;
+    Ok(snapshot)
+}
+
+/// Copies the old log's tail written so far, and again while it keeps growing, so that the
+/// writer (which holds up every write while it finishes a compaction) has only a small rest
+/// to copy and fsync. The old log is read through its path, which names it until the
+/// writer's rename; the writer publishes its length only after the bytes are written.
+fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result<()> {
+    const SMALL_REST: u64 = 1 << 20;
+    const ROUNDS: usize = 8;
+    let old = File::open(path)?;
+    for _ in 0..ROUNDS {
+        let end = shared.counters.file_bytes.load(Ordering::Acquire);
+        if end.saturating_sub(snapshot.copied_to) < SMALL_REST {
+            break;
+        }
+        let (bytes, records) = copy_tail(&old, snapshot.copied_to, end, &snapshot.file, snapshot.len)?;
+        snapshot.len += bytes;
+        snapshot.records += records;
+        snapshot.copied_to = end;
+    }
+    snapshot.file.sync_data()
 }

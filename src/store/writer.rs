@@ -400,7 +400,8 @@ impl Writer {
         let c = &self.shared.counters;
         c.records.store(self.records, Ordering::Relaxed);
         c.live_keys.store(self.live_keys, Ordering::Relaxed);
-        c.file_bytes.store(self.file_len, Ordering::Relaxed);
+        // Release: the compactor copies the log up to this length (`compaction::catch_up`).
+        c.file_bytes.store(self.file_len, Ordering::Release);
         c.batches.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -490,6 +491,7 @@ impl Writer {
     fn finish_compaction(&mut self, snapshot: io::Result<compaction::Snapshot>) {
         let Some(compaction) = self.compaction.take() else { return };
         self.shared.counters.compacting.store(false, Ordering::Relaxed);
+        let held_since = Instant::now();
         let (result, waiters) = compaction.install(snapshot, &self.path, &self.file, self.file_len);
         let reply = match result {
             Ok(installed) => {
@@ -503,10 +505,11 @@ impl Writer {
                 self.shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
                 self.sweep_expired();
                 log::info!(
-                    "compacted {}: {old_len} -> {} bytes, {} records",
+                    "compacted {}: {old_len} -> {} bytes, {} records; writes held {} ms for the switch",
                     self.path.display(),
                     self.file_len,
-                    self.records
+                    self.records,
+                    held_since.elapsed().as_millis()
                 );
                 Ok(())
             }
