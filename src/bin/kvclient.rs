@@ -23,7 +23,11 @@ use textkv::client::{reply_shape, Client, ClientError, ReplyShape};
 /// Client for kvserver's line protocol. With no command: an interactive prompt on a
 /// terminal, or one request per input line when standard input is a pipe or file.
 #[derive(Debug, Parser)]
-#[command(name = "kvclient", version, about)]
+#[command(
+    name = "kvclient",
+    version,
+    about = "Client for kvserver's line protocol: one-shot commands, a pipe mode and an interactive prompt"
+)]
 struct Args {
     /// Server address (host:port).
     #[arg(long, default_value = "127.0.0.1:7878", global = true)]
