@@ -190,6 +190,95 @@ fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
 /// Random bytes, mangled commands, half requests cut by a disconnect, and connections reset
 /// while a large reply is being written, from several threads at once; meanwhile a well-
 /// behaved client keeps checking its data.
+/// What hostile clients of one protocol send, connection by connection: random bytes,
+/// garbage assembled from protocol fragments, each half request (then the connection goes
+/// away), and requests for large replies reset mid-reply.
+struct Hostile<'a> {
+    templates: &'a [&'a [u8]],
+    halves: &'a [&'a [u8]],
+    wide: Vec<u8>,
+    /// Connections per attacking thread.
+    rounds: u64,
+}
+
+impl Hostile<'_> {
+    /// Four threads attack `addr` while `meanwhile` runs; returns the connections made.
+    fn attack(&self, addr: SocketAddr, seed: &mut Rng, meanwhile: impl FnOnce()) -> u64 {
+        let kinds = 3 + self.halves.len() as u64;
+        std::thread::scope(|scope| {
+            let attackers: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let mut rng = Rng::new(seed.next_u64());
+                    scope.spawn(move || {
+                        let mut done = 0u64;
+                        for round in 0..self.rounds {
+                            let Ok(mut stream) = TcpStream::connect(addr) else { continue };
+                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            let kind = (round + t) % kinds;
+                            let payload = match kind {
+                                0 => {
+                                    let len = rng.range(1, 20_000) as usize;
+                                    rng.bytes(len)
+                                }
+                                1 => {
+                                    let mut payload = Vec::new();
+                                    for _ in 0..rng.range(1, 200) {
+                                        let pick = rng.range(0, self.templates.len() as u64) as usize;
+                                        payload.extend_from_slice(self.templates[pick]);
+                                        if rng.chance(30) {
+                                            let len = rng.range(1, 8) as usize;
+                                            payload.extend(rng.bytes(len));
+                                        }
+                                    }
+                                    payload
+                                }
+                                k if k < kinds - 1 => self.halves[(k - 2) as usize].to_vec(),
+                                _ => self.wide.clone(),
+                            };
+                            // Never let garbage spell a write to the protected keys or a flush.
+                            let lower = payload.to_ascii_lowercase();
+                            let dangerous = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+                            if kind < 2 && (dangerous(b"flush") || dangerous(b"keep:")) {
+                                continue;
+                            }
+                            let _ = stream.write_all(&payload);
+                            if kind == kinds - 1 {
+                                let mut some = [0u8; 1000];
+                                let _ = stream.read(&mut some);
+                                reset_on_close(&stream);
+                            } else if rng.chance(50) {
+                                let _ = stream.shutdown(std::net::Shutdown::Write);
+                                let mut sink = Vec::new();
+                                let _ = stream.read_to_end(&mut sink);
+                            }
+                            done += 1;
+                        }
+                        done
+                    })
+                })
+                .collect();
+            meanwhile();
+            attackers.into_iter().map(|a| a.join().unwrap()).sum()
+        })
+    }
+}
+
+/// Sets a RST-on-close (SO_LINGER 0) on `stream`, so dropping it resets the connection.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 #[test]
 fn garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
     let (_dir, db) = temp_db();
@@ -230,78 +319,19 @@ fn garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
         b"keep:",
         b"k",
     ];
-    let addr = server.addr;
-    let attacks: u64 = std::thread::scope(|scope| {
-        let mut attackers = Vec::new();
-        for t in 0..4 {
-            let mut rng = Rng::new(rng.next_u64());
-            attackers.push(scope.spawn(move || {
-                let mut done = 0u64;
-                for round in 0..60 {
-                    let Ok(mut stream) = TcpStream::connect(addr) else { continue };
-                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut payload = Vec::new();
-                    match (round + t) % 4 {
-                        0 => {
-                            let len = rng.range(1, 20_000) as usize;
-                            payload = rng.bytes(len);
-                        }
-                        1 => {
-                            for _ in 0..rng.range(1, 200) {
-                                payload.extend_from_slice(
-                                    templates[rng.range(0, templates.len() as u64) as usize],
-                                );
-                                if rng.chance(30) {
-                                    let len = rng.range(1, 8) as usize;
-                                    payload.extend(rng.bytes(len));
-                                }
-                            }
-                        }
-                        // A half request, then the connection goes away.
-                        2 => payload.extend_from_slice(b"set keep:0 half a reque"),
-                        // Ask for large replies, then reset the connection mid-reply.
-                        _ => payload = b"get wide\nkeys\nhelp\n".repeat(200),
-                    }
-                    // Never let garbage spell a write to the protected keys or a flush.
-                    let lower = payload.to_ascii_lowercase();
-                    let dangerous = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
-                    if (round + t) % 4 != 2 && (dangerous(b"flush") || dangerous(b"keep:")) {
-                        continue;
-                    }
-                    let _ = stream.write_all(&payload);
-                    if (round + t) % 4 == 3 {
-                        let mut some = [0u8; 1000];
-                        let _ = stream.read(&mut some);
-                        // SO_LINGER 0: close() sends RST instead of FIN.
-                        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                        // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
-                        unsafe {
-                            use std::os::fd::AsRawFd;
-                            libc::setsockopt(
-                                stream.as_raw_fd(),
-                                libc::SOL_SOCKET,
-                                libc::SO_LINGER,
-                                &linger as *const libc::linger as *const libc::c_void,
-                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                            );
-                        }
-                    } else if rng.chance(50) {
-                        let _ = stream.shutdown(std::net::Shutdown::Write);
-                        let mut sink = Vec::new();
-                        let _ = stream.read_to_end(&mut sink);
-                    }
-                    done += 1;
-                }
-                done
-            }));
-        }
+    let hostile = Hostile {
+        templates,
+        halves: &[b"set keep:0 half a reque"],
+        wide: b"get wide\nkeys\nhelp\n".repeat(200),
+        rounds: 60,
+    };
+    let attacks = hostile.attack(server.addr, &mut rng, || {
         // Meanwhile the good client keeps working.
         for _ in 0..20 {
             check(&mut good);
             ping(&mut good);
             std::thread::sleep(Duration::from_millis(20));
         }
-        attackers.into_iter().map(|a| a.join().unwrap()).sum()
     });
     check(&mut good);
     let log = server.log();
@@ -322,22 +352,6 @@ fn start_memcached(db: &std::path::Path, extra: &[&str]) -> (Server, SocketAddr)
     let server = Server::start(db, &args);
     let addr = server.listener("memcached");
     (server, addr)
-}
-
-/// Sets a RST-on-close (SO_LINGER 0) on `stream`, so dropping it resets the connection.
-fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 #[test]
@@ -547,67 +561,23 @@ fn memcached_garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
         b"GET / HTTP/1.1\r\n",
         b"k",
     ];
-    let attacks: u64 = std::thread::scope(|scope| {
-        let mut attackers = Vec::new();
-        for t in 0..4 {
-            let mut rng = Rng::new(rng.next_u64());
-            attackers.push(scope.spawn(move || {
-                let mut done = 0u64;
-                for round in 0..40 {
-                    let Ok(mut stream) = TcpStream::connect(addr) else { continue };
-                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut payload = Vec::new();
-                    let kind = (round + t) % 5;
-                    match kind {
-                        0 => {
-                            let len = rng.range(1, 20_000) as usize;
-                            payload = rng.bytes(len);
-                        }
-                        1 => {
-                            for _ in 0..rng.range(1, 200) {
-                                payload.extend_from_slice(
-                                    templates[rng.range(0, templates.len() as u64) as usize],
-                                );
-                                if rng.chance(30) {
-                                    let len = rng.range(1, 8) as usize;
-                                    payload.extend(rng.bytes(len));
-                                }
-                            }
-                        }
-                        // A half request line, then the connection goes away.
-                        2 => payload.extend_from_slice(b"set keep:0 0 0 1"),
-                        // Half a data block for a protected key, then gone: nothing is stored.
-                        3 => payload.extend_from_slice(b"set keep:1 0 0 100\r\nonly part of the"),
-                        // Ask for large replies, then reset the connection mid-reply.
-                        _ => payload = b"get wide wide wide\r\nstats\r\n".repeat(100),
-                    }
-                    // Never let garbage spell a write to the protected keys or a flush.
-                    let lower = payload.to_ascii_lowercase();
-                    let dangerous = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
-                    if kind < 2 && (dangerous(b"flush") || dangerous(b"keep:")) {
-                        continue;
-                    }
-                    let _ = stream.write_all(&payload);
-                    if kind == 4 {
-                        let mut some = [0u8; 1000];
-                        let _ = stream.read(&mut some);
-                        reset_on_close(&stream);
-                    } else if rng.chance(50) {
-                        let _ = stream.shutdown(std::net::Shutdown::Write);
-                        let mut sink = Vec::new();
-                        let _ = stream.read_to_end(&mut sink);
-                    }
-                    done += 1;
-                }
-                done
-            }));
-        }
+    let hostile = Hostile {
+        templates,
+        halves: &[
+            // A half request line, then the connection goes away.
+            b"set keep:0 0 0 1",
+            // Half a data block for a protected key, then gone: nothing is stored.
+            b"set keep:1 0 0 100\r\nonly part of the",
+        ],
+        wide: b"get wide wide wide\r\nstats\r\n".repeat(100),
+        rounds: 40,
+    };
+    let attacks = hostile.attack(addr, &mut rng, || {
         for _ in 0..20 {
             check(&mut good);
             assert_eq!(good.call("mn").unwrap(), b"MN");
             std::thread::sleep(Duration::from_millis(20));
         }
-        attackers.into_iter().map(|a| a.join().unwrap()).sum()
     });
     check(&mut good);
     let log = server.log();
