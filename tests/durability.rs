@@ -246,3 +246,26 @@ fn compaction_drops_expired_items_from_memory_and_keeps_the_files_permissions() 
     assert_eq!(fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(transcript(server.addr, b"get keep\n"), b"VALUE forever\n");
 }
+
+#[test]
+fn a_shutdown_asked_for_before_the_listeners_exist_still_stops_the_server() {
+    // What a SIGTERM during a long start-up does: the shutdown comes before `serve` knows
+    // any address to wake. `serve` must notice and return instead of accepting forever.
+    use textkv::protocol::{Context, Limits};
+    use textkv::server::{Protocol, Server, ServerConfig};
+    use textkv::stats::ServerStats;
+    use textkv::store::{Store, StoreConfig};
+    let (_dir, db) = temp_db();
+    let ctx = Context {
+        store: Arc::new(Store::open(StoreConfig::new(&db)).unwrap()),
+        stats: Arc::new(ServerStats::default()),
+        limits: Limits { max_value_bytes: 1 << 20, max_line_bytes: 1 << 22 },
+        users: None,
+    };
+    let server = Server::new(Arc::new(ctx), ServerConfig { max_connections: 8, idle_timeout: None });
+    server.shutdown_handle().shutdown();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || done_tx.send(server.serve(vec![(listener, Protocol::Line)]).is_ok()));
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(20)), Ok(true), "serve returned");
+}

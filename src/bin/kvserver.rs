@@ -81,6 +81,7 @@ fn run(config: &Config) -> Result<(), String> {
         _ => None,
     };
 
+    log::info!("loading {}", config.db.display());
     let store = Store::open(config.store()).map_err(|e| e.to_string())?;
     let stats = store.stats();
     log::info!(
@@ -110,11 +111,19 @@ fn run(config: &Config) -> Result<(), String> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut stopping = false;
             for signal in signals.forever() {
+                if signal != SIGHUP && stopping {
+                    // A second SIGINT/SIGTERM: the operator does not want to wait. Every
+                    // acknowledged write is already in the file, so exiting now is safe.
+                    log::warn!("received signal {signal} again, exiting without waiting");
+                    std::process::exit(1);
+                }
                 if signal != SIGHUP {
                     log::info!("received signal {signal}, shutting down");
                     handle.shutdown();
-                    break;
+                    stopping = true;
+                    continue;
                 }
                 match &certs {
                     Some(certs) => match certs.reload() {

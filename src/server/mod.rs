@@ -145,6 +145,11 @@ impl Server {
         for (listener, protocol) in listeners {
             let addr = listener.local_addr()?;
             self.state.listen_addrs.lock().push(addr);
+            // A shutdown asked for before this address was known (a signal during start-up)
+            // could not wake its accept loop: check for it now that it would.
+            if self.state.stopping.load(Ordering::SeqCst) {
+                break;
+            }
             log::info!("listening on {addr} ({})", protocol.name());
             let acceptor = Acceptor {
                 listener,
