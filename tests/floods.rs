@@ -123,23 +123,24 @@ fn idle_clients_are_disconnected_and_active_ones_are_not() {
     eventually("idle connections to be released", IO_TIMEOUT, || stat(server.addr, "curr_connections") == 2);
 }
 
-#[test]
-fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounded() {
-    let (_dir, db) = temp_db();
-    let server = Server::start(&db, &["--idle-timeout", "2"]);
-    let big = vec![b'x'; 1 << 20];
-    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
-    assert_eq!(conn.call(&common::faults::set_request("big", &big)).unwrap(), b"STORED");
+/// Sends `request` `per_write` times per write, never reading a reply, until the server
+/// drops the connection (bounded: 10,000 writes). Checks that the server disconnected it for
+/// not reading and that its peak RSS stayed within budget; returns (requests sent, RSS before
+/// in KiB, peak RSS in KiB).
+fn flood_without_reading(
+    server: &Server,
+    addr: SocketAddr,
+    request: &[u8],
+    per_write: u64,
+) -> (u64, u64, u64) {
     let before = proc_status_kib(server.pid(), "VmRSS");
-
-    // Ask for the 1 MiB value over and over without reading a byte of the answers.
-    let mut flood = TcpStream::connect(server.addr).unwrap();
+    let mut flood = TcpStream::connect(addr).unwrap();
     flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    let requests = b"get big\n".repeat(1024);
-    let mut sent_gets = 0u64;
+    let requests = request.repeat(per_write as usize);
+    let mut sent = 0u64;
     for _ in 0..10_000 {
         match flood.write_all(&requests) {
-            Ok(()) => sent_gets += 1024,
+            Ok(()) => sent += per_write,
             Err(_) => break,
         }
     }
@@ -149,17 +150,28 @@ fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounde
         server.log()
     );
     let peak = proc_status_kib(server.pid(), "VmHWM");
+    assert!(sent >= per_write, "the flood did not get going");
+    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    (sent, before, peak)
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounded() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &["--idle-timeout", "2"]);
+    let big = vec![b'x'; 1 << 20];
+    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
+    assert_eq!(conn.call(&common::faults::set_request("big", &big)).unwrap(), b"STORED");
+    // Ask for the 1 MiB value over and over without reading a byte of the answers.
+    let (sent_gets, before, peak) = flood_without_reading(&server, server.addr, b"get big\n", 1024);
     eprintln!(
         "non-reading client: {sent_gets} gets of 1 MiB sent ({} GiB of replies asked for), \
          RSS {before} KiB before, peak {peak} KiB",
         sent_gets >> 10
     );
-    assert!(sent_gets >= 1024, "the flood did not get going");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
     // The rest of the server is fine.
     let mut other = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
     assert_eq!(other.call(b"get big").unwrap().len(), "VALUE ".len() + big.len());
-    drop(flood);
     assert_no_panic(&server.log());
 }
 
@@ -467,40 +479,21 @@ fn memcached_a_client_that_never_reads_pipelined_multigets_is_disconnected_with_
     let big = vec![b'x'; 1 << 20];
     let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
     assert_eq!(mc.store("set", "big", 0, &big).unwrap(), b"STORED");
-    let before = proc_status_kib(server.pid(), "VmRSS");
-    let mut flood = TcpStream::connect(addr).unwrap();
-    flood.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     // Each request asks for 100 MiB of replies.
     let mut request = b"get".to_vec();
     for _ in 0..100 {
         request.extend_from_slice(b" big");
     }
     request.extend_from_slice(b"\r\n");
-    let requests = request.repeat(64);
-    let mut sent_gets = 0u64;
-    for _ in 0..10_000 {
-        match flood.write_all(&requests) {
-            Ok(()) => sent_gets += 64,
-            Err(_) => break,
-        }
-    }
-    assert!(
-        server.wait_for_log("idle or not reading", IO_TIMEOUT),
-        "the non-reading client was not disconnected:\n{}",
-        server.log()
-    );
-    let peak = proc_status_kib(server.pid(), "VmHWM");
+    let (sent_gets, before, peak) = flood_without_reading(&server, addr, &request, 64);
     eprintln!(
         "memcached non-reading client: {sent_gets} multi-gets of 100 MiB sent ({} GiB of replies \
          asked for), RSS {before} KiB before, peak {peak} KiB",
         (sent_gets * 100) >> 10
     );
-    assert!(sent_gets >= 64, "the flood did not get going");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
     // (`mc` sat idle through the flood, so it was closed too: a new client is served.)
     let mut other = McConn::connect(addr, IO_TIMEOUT).unwrap();
     assert_eq!(other.get("big").unwrap(), Some(big), "other clients are served");
-    drop(flood);
     assert_no_panic(&server.log());
 }
 
