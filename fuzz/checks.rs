@@ -9,10 +9,10 @@
 //!   changed), the index equals an independent replay of the lines, a second load finds
 //!   nothing to cut, a refusal names the first bad line and leaves the file untouched, and
 //!   `repair` then keeps everything before that line plus a byte-exact backup.
-//! - `memcache_parse`: a `MemcacheSession` fed the input all at once, a byte at a time and in
-//!   random chunks never consumes more than it was offered, never leaves more unconsumed than
-//!   one request can hold, answers only well-formed reply lines (and data blocks of the
-//!   announced length), and gives the same replies however the input was split.
+//! - `memcache_parse`: a `MemcacheSession` fed the input all at once and then either a byte at
+//!   a time or in random chunks never consumes more than it was offered, never leaves more
+//!   unconsumed than one request can hold, answers only well-formed reply lines (and data
+//!   blocks of the announced length), and gives the same replies however the input was split.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -176,7 +176,7 @@ pub fn recovery_load(data: &[u8], dir: &Path) {
 /// `--max-line-bytes` of the fuzzed memcached sessions (the limit of `get` lines).
 const MC_MAX_LINE: usize = 3000;
 
-/// The stores the memcached sessions run on, one per way of splitting the input. Opening a
+/// The stores the memcached sessions run on, one per run of an input. Opening a
 /// store per execution would cost more than the rest of the check; instead each is emptied
 /// with `flush_all` (which also cancels a pending delayed flush) before every run.
 pub struct MemcacheStores {
@@ -186,7 +186,7 @@ pub struct MemcacheStores {
 impl MemcacheStores {
     /// Opens the stores in `dir` (removing any earlier database there).
     pub fn open(dir: &Path) -> MemcacheStores {
-        let stores = (0..3)
+        let stores = (0..2)
             .map(|i| {
                 let path = dir.join(format!("memcache-{i}.txt"));
                 let _ = fs::remove_file(&path);
@@ -342,13 +342,17 @@ fn chunk_sizes(seed: u8) -> impl FnMut() -> usize {
     }
 }
 
-/// `textkv::protocol::memcache::MemcacheSession` fed `data[1..]`; `data[0]` seeds the random
-/// chunking.
+/// `textkv::protocol::memcache::MemcacheSession` fed `data[1..]` all at once and then split
+/// as `data[0]` says: an odd seed feeds a byte at a time, an even one seeds random chunks.
+/// (Two runs, not three: every write is a round trip to a store's writer thread, which is
+/// most of an execution's cost.)
 pub fn memcache_parse(data: &[u8], stores: &MemcacheStores) {
     let Some((&seed, input)) = data.split_first() else { return };
     let started = unix_now();
     let mut runs = Vec::new();
-    let splits = [&mut (|| usize::MAX) as &mut dyn FnMut() -> usize, &mut || 1, &mut chunk_sizes(seed)];
+    let mut split: Box<dyn FnMut() -> usize> =
+        if seed % 2 == 1 { Box::new(|| 1) } else { Box::new(chunk_sizes(seed)) };
+    let splits = [&mut (|| usize::MAX) as &mut dyn FnMut() -> usize, &mut *split];
     for (i, sizes) in splits.into_iter().enumerate() {
         let (replies, closed) = feed(&mut stores.session(i), input, sizes);
         assert_well_formed(&replies);
@@ -361,7 +365,7 @@ pub fn memcache_parse(data: &[u8], stores: &MemcacheStores) {
         for (i, run) in runs.iter().enumerate().skip(1) {
             assert!(
                 *run == runs[0],
-                "split {i} answers differently:\n{:?}\nall at once:\n{:?}",
+                "split {i} (seed {seed}) answers differently:\n{:?}\nall at once:\n{:?}",
                 String::from_utf8_lossy(&run.0),
                 String::from_utf8_lossy(&runs[0].0)
             );
