@@ -105,10 +105,7 @@ pub fn load(
                     report.records += 1;
                 }
                 Err(reason) if repair => {
-                    let backup = backup_path(path);
-                    fs::copy(path, &backup)?;
-                    // The backup must be durable before the original is cut.
-                    fs::File::open(&backup)?.sync_all()?;
+                    let backup = write_backup(path)?;
                     sync_dir(path)?;
                     log::warn!(
                         "{}:{line_number}: {reason}; repaired: kept a backup in {} and truncated the file at this line ({} bytes dropped)",
@@ -159,12 +156,28 @@ fn apply(index: &Index, record: RecordRef<'_>, now: u64, next_cas: &mut impl FnM
     }
 }
 
-fn backup_path(path: &Path) -> PathBuf {
+/// Copies the database to a new `<db>.corrupt-<unix time>.bak` (`…-2.bak`, `…-3.bak` when
+/// a backup from the same second exists: an earlier backup holds lines a later repair no
+/// longer has, so it is never overwritten), with the database's permissions, and fsyncs it:
+/// the backup must be durable before the original is cut.
+fn write_backup(path: &Path) -> io::Result<PathBuf> {
     let stamp =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".corrupt-{stamp}.bak"));
-    path.with_file_name(name)
+    for n in 1..=1000 {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(if n == 1 { format!(".corrupt-{stamp}.bak") } else { format!(".corrupt-{stamp}-{n}.bak") });
+        let backup = path.with_file_name(name);
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&backup) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        file.set_permissions(fs::metadata(path)?.permissions())?;
+        io::copy(&mut fs::File::open(path)?, &mut file)?;
+        file.sync_all()?;
+        return Ok(backup);
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "1,000 backups from this second already exist"))
 }
 
 #[cfg(test)]
@@ -233,5 +246,30 @@ mod tests {
         assert_eq!(fs::read(report.backup.unwrap()).unwrap(), original);
         assert!(index.get(b"a", 0).is_some());
         assert!(index.get(b"c", 0).is_none());
+    }
+
+    #[test]
+    fn a_repair_never_overwrites_an_earlier_backup_from_the_same_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.txt");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        // Backups an earlier repair made this second (or the next two, should the clock tick).
+        let earlier: Vec<PathBuf> =
+            (now..now + 3).map(|t| dir.path().join(format!("db.txt.corrupt-{t}.bak"))).collect();
+        for backup in &earlier {
+            fs::write(backup, "earlier backup").unwrap();
+        }
+        let original = b"set a 1\nset c \\q\nset d 4\n";
+        fs::write(&path, original).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let backup = load(&path, &Index::default(), 0, true, || 1).unwrap().backup.unwrap();
+        assert!(backup.to_string_lossy().ends_with("-2.bak"), "{}", backup.display());
+        assert_eq!(fs::read(&backup).unwrap(), original);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&backup).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the backup keeps the database's permissions");
+        for backup in &earlier {
+            assert_eq!(fs::read(backup).unwrap(), b"earlier backup", "{} is intact", backup.display());
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"set a 1\n");
     }
 }
