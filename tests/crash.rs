@@ -321,6 +321,14 @@ fn sigkill_loses_no_acknowledged_write_with_fsync_everysec() {
     assert_eq!(crash_cycles("everysec", Protocol::Line, cycles).cycles, cycles);
 }
 
+/// `never` acknowledges after write(2) and leaves fsync to the kernel: a process crash
+/// still loses nothing (the page cache outlives the process).
+#[test]
+fn sigkill_loses_no_acknowledged_write_with_fsync_never() {
+    let cycles = env_or("TEXTKV_CRASH_CYCLES_NEVER", 5);
+    assert_eq!(crash_cycles("never", Protocol::Line, cycles).cycles, cycles);
+}
+
 /// The same with clients speaking memcached (`set`/`delete`, replies on): an acknowledged
 /// `STORED` or `DELETED` survives SIGKILL.
 #[test]

@@ -101,6 +101,12 @@ fn a_damaged_middle_line_refuses_to_start_and_repair_keeps_a_backup() {
         .filter(|p| p.to_string_lossy().contains(".corrupt-"))
         .collect();
     assert_eq!(backups.len(), 1, "{backups:?}");
+    let name = backups[0].file_name().unwrap().to_string_lossy().into_owned();
+    let stamp = name.strip_prefix("database.txt.corrupt-").and_then(|s| s.strip_suffix(".bak"));
+    assert!(
+        stamp.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'-')),
+        "{name}"
+    );
     assert_eq!(fs::read_to_string(&backups[0]).unwrap(), damaged, "the backup is the original file");
     assert_eq!(get(&server, "k1").unwrap(), b"value 1");
     let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
@@ -125,6 +131,19 @@ fn a_second_server_on_the_same_database_is_refused() {
         }
     }
     assert_eq!(conn.call(b"get owner").unwrap(), b"VALUE first", "the first server is unaffected");
+    drop(conn);
+    first.kill();
+    // The lock is an OS lock on `<db>.lock`, released when its holder dies: any process
+    // holding it (here this test) keeps a server off, and none is left behind by a SIGKILL.
+    let lock = fs::File::open(db.with_file_name("database.txt.lock")).unwrap();
+    lock.try_lock().expect("the killed server's lock is gone");
+    match Server::try_start(&db, &[]) {
+        Ok(_) => panic!("a server opened a database whose lock is held"),
+        Err(exited) => assert!(exited.log.contains("in use by another kvserver"), "{}", exited.log),
+    }
+    drop(lock);
+    let server = Server::start(&db, &[]);
+    assert_eq!(transcript(server.addr, b"get owner\n"), b"VALUE first\n");
 }
 
 #[test]

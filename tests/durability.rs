@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -26,6 +27,103 @@ fn data_survives_a_clean_restart_with_flags_and_expiry() {
     assert_eq!(reply, b"NOT_FOUND\nVALUE two words\nVALUE meta\nNOT_FOUND\nKEY b\nKEY c\nEND\n");
     let file = fs::read_to_string(&db).unwrap();
     assert!(file.contains("setmeta c 42 4000000000 meta\n"), "metadata is in the file:\n{file}");
+}
+
+/// Ctrl-C (SIGINT) stops the server as SIGTERM does. While the shutdown waits for a
+/// connection to finish (here a client that stopped reading its replies), a second SIGINT
+/// exits at once with code 1 and loses nothing acknowledged.
+#[test]
+fn sigint_stops_cleanly_and_a_second_sigint_exits_at_once() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    assert_eq!(transcript(server.addr, b"set a 1\n"), b"STORED\n");
+    let exited = server.signal_and_wait(libc::SIGINT);
+    assert!(exited.status.success(), "SIGINT exits 0:\n{}", exited.log);
+    assert!(exited.log.contains("stopped cleanly"), "{}", exited.log);
+
+    let server = Server::start(&db, &["--idle-timeout", "300"]);
+    let big = "x".repeat(1 << 20);
+    assert_eq!(transcript(server.addr, format!("set big {big}\n").as_bytes()), b"STORED\n");
+    // 64 MiB of replies asked for and none read: the connection's thread blocks writing,
+    // and the shutdown waits for it (up to its drain timeout).
+    let mut stuck = server.raw();
+    stuck.write_all(&b"get big\n".repeat(64)).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGINT);
+    }
+    assert!(server.wait_for_log("shutting down: finishing", Duration::from_secs(10)), "{}", server.log());
+    let exited = server.signal_and_wait(libc::SIGINT);
+    assert_eq!(exited.status.code(), Some(1), "a second SIGINT exits 1:\n{}", exited.log);
+    assert!(exited.log.contains("again, exiting without waiting"), "{}", exited.log);
+    assert!(!exited.log.contains("stopped cleanly"), "{}", exited.log);
+    drop(stuck);
+
+    let server = Server::start(&db, &[]);
+    let reply = transcript(server.addr, b"get a\nget big\n");
+    assert_eq!(reply, format!("VALUE 1\nVALUE {big}\n").as_bytes(), "nothing acknowledged is lost");
+}
+
+/// A SIGTERM that arrives while a large database is still loading is not lost: the server
+/// stops cleanly (exit 0) once loaded, and leaves the file as it was.
+#[test]
+fn sigterm_during_start_up_stops_the_server_once_loaded() {
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    const RECORDS: usize = 1_000_000;
+    let (_dir, db) = temp_db();
+    let text: String = (0..RECORDS).map(|i| format!("set key{i} value{i}\n")).collect();
+    fs::write(&db, &text).unwrap();
+    let mut child = KillOnDrop(Server::command(&db, &[]).spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("kvserver logs `loading`");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("loading ") {
+            break;
+        }
+    }
+    let loading_seen = Instant::now();
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let signalled_after = loading_seen.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kvserver did not stop:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    log.extend(lines.try_iter().map(|line| line + "\n"));
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    let load_ms: u128 = log
+        .split("loaded in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no load time in the log:\n{log}"));
+    assert!(
+        load_ms > signalled_after.as_millis() + 50,
+        "the signal came {signalled_after:?} after `loading`, the load took {load_ms} ms: not during start-up"
+    );
+    assert!(fs::read_to_string(&db).unwrap() == text, "the database file changed");
 }
 
 #[test]
