@@ -19,9 +19,11 @@ sanitizer=${SANITIZER:-none}
 jobs=${JOBS:-1}
 export RUSTC_BOOTSTRAP=1
 # recovery_load writes every input to a file, memcache_parse keeps its stores in one:
-# keep them in memory when possible.
+# keep them in memory when possible, in a directory removed at the end (the targets put
+# their scratch files in TMPDIR).
 [ -d /dev/shm ] && export TMPDIR=/dev/shm
 work=$(mktemp -d)
+export TMPDIR="$work"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 for target in "${targets[@]}"; do
@@ -50,15 +52,13 @@ for target in "${targets[@]}"; do
       failed=1
       tail -n 40 "$work/$target.$i.log"
     fi
-    # memcache_parse keeps its stores in a scratch directory named after the process.
-    rm -rf "${TMPDIR:-/tmp}/textkv-fuzz-mc-${pids[$i]}"
     echo "-- worker $i"
     grep -E "^(Done|stat::(number_of_executed_units|average_exec_per_sec|new_units_added))|panicked|ERROR|SUMMARY|Test unit written" \
       "$work/$target.$i.log" || true
   done
   [ "$failed" = 0 ] || { echo "$target: a worker failed (crash inputs in fuzz/artifacts/$target/)"; exit 1; }
-  # Keep the committed corpus small: only inputs that add coverage.
+  # Keep the committed corpus small: only inputs that reach new edges (hit counts ignored).
   cargo fuzz run -s "$sanitizer" -O "$target" "corpus/$target" "$work/$target" -- \
-    -merge=1 -max_len=4096 >/dev/null 2>&1
+    -merge=1 -use_counters=0 -max_len=4096 >/dev/null 2>&1
   echo "   corpus/$target: $(ls "corpus/$target" | wc -l) files"
 done
