@@ -1,4 +1,5 @@
-//! What survives: restarts, SIGKILL, torn and damaged files, compaction, a second server.
+//! What survives: clean restarts, signals, SIGKILL and compaction. Torn and damaged files and
+//! a second server on the same file are in damaged_files.rs.
 
 mod common;
 
@@ -172,49 +173,6 @@ fn sigkill_during_concurrent_writes_loses_no_acknowledged_write() {
         let acked_value: u64 = value[1..].parse().unwrap();
         assert!(stored >= acked_value, "{key}: acknowledged v{acked_value}, found v{stored}");
     }
-}
-
-#[test]
-fn a_torn_final_line_is_cut_off_with_a_warning() {
-    let (_dir, db) = temp_db();
-    fs::write(&db, "set a 1\nset b 2\nset c 3").unwrap();
-    let server = Server::start(&db, &[]);
-    assert!(server.log().contains("torn final line"), "{}", server.log());
-    assert_eq!(transcript(server.addr, b"get b\nget c\n"), b"VALUE 2\nNOT_FOUND\n");
-    drop(server);
-    assert_eq!(fs::read_to_string(&db).unwrap(), "set a 1\nset b 2\n");
-}
-
-#[test]
-fn a_corrupt_middle_line_refuses_start_with_its_line_number_and_repair_recovers() {
-    let (dir, db) = temp_db();
-    let original = "set a 1\n# comment\nset b \\q\nset c 3\n";
-    fs::write(&db, original).unwrap();
-    let exited = Server::try_start(&db, &[]).err().expect("refuses to start");
-    assert!(!exited.status.success());
-    assert!(exited.log.contains("database.txt:3: bad escape: \\q"), "{}", exited.log);
-    assert_eq!(fs::read_to_string(&db).unwrap(), original, "left untouched");
-
-    let server = Server::start(&db, &["--repair"]);
-    assert_eq!(transcript(server.addr, b"get a\nget c\n"), b"VALUE 1\nNOT_FOUND\n");
-    drop(server);
-    let backups: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
-        .collect();
-    assert_eq!(backups.len(), 1);
-    assert_eq!(fs::read_to_string(&backups[0]).unwrap(), original);
-}
-
-#[test]
-fn a_second_server_on_the_same_file_is_refused() {
-    let (_dir, db) = temp_db();
-    let first = Server::start(&db, &[]);
-    let exited = Server::try_start(&db, &[]).err().expect("second server refuses");
-    assert!(!exited.status.success());
-    assert!(exited.log.contains("in use by another kvserver"), "{}", exited.log);
-    assert_eq!(transcript(first.addr, b"ping\n"), b"PONG\n");
 }
 
 #[test]
