@@ -17,6 +17,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Peak memory growth allowed for any flood below, over the server's resident size before it.
 const RSS_BUDGET_KIB: u64 = 64 * 1024;
 
+/// The server's peak resident size so far, asserted to be within [`RSS_BUDGET_KIB`] of
+/// `before`.
+fn assert_peak_rss_within_budget(server: &Server, before: u64) -> u64 {
+    let peak = proc_status_kib(server.pid(), "VmHWM");
+    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    peak
+}
+
 fn ping(conn: &mut Conn) {
     assert_eq!(conn.call(b"ping").unwrap(), b"PONG");
 }
@@ -156,9 +164,8 @@ fn flood_without_reading(
         "the non-reading client was not disconnected:\n{}",
         server.log()
     );
-    let peak = proc_status_kib(server.pid(), "VmHWM");
     assert!(sent >= per_write, "the flood did not get going");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
+    let peak = assert_peak_rss_within_budget(server, before);
     (sent, before, peak)
 }
 
@@ -200,9 +207,8 @@ fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
         String::from_utf8_lossy(&common::read_exact_reply(&mut stream, expected.len())),
         String::from_utf8_lossy(expected)
     );
-    let peak = proc_status_kib(server.pid(), "VmHWM");
+    let peak = assert_peak_rss_within_budget(&server, before);
     eprintln!("100 MiB line: RSS {before} KiB before, peak {peak} KiB");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
     assert_no_panic(&server.log());
 }
 
@@ -365,18 +371,10 @@ fn garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
 
 // The memcached listener.
 
-fn start_memcached(db: &std::path::Path, extra: &[&str]) -> (Server, SocketAddr) {
-    let mut args = vec!["--memcached", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let server = Server::start(db, &args);
-    let addr = server.listener("memcached");
-    (server, addr)
-}
-
 #[test]
 fn memcached_connections_past_the_cap_get_server_error_and_the_server_stays_healthy() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start_memcached(&db, &["--max-connections", "50"]);
+    let (server, addr) = Server::start_memcached(&db, &["--max-connections", "50"]);
     let mut conns: Vec<McConn> = (0..50)
         .map(|i| {
             let mut conn = McConn::connect(addr, IO_TIMEOUT).unwrap();
@@ -424,7 +422,7 @@ fn memcached_connections_past_the_cap_get_server_error_and_the_server_stays_heal
 #[test]
 fn memcached_a_data_block_larger_than_the_limit_is_swallowed_and_memory_stays_bounded() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start_memcached(&db, &[]);
+    let (server, addr) = Server::start_memcached(&db, &[]);
     let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
     assert_eq!(mc.store("set", "huge", 7, b"old value").unwrap(), b"STORED");
     let before = proc_status_kib(server.pid(), "VmRSS");
@@ -437,13 +435,12 @@ fn memcached_a_data_block_larger_than_the_limit_is_swallowed_and_memory_stays_bo
         mc.send(chunk).unwrap();
     }
     mc.send(b"\r\n").unwrap();
-    let peak = proc_status_kib(server.pid(), "VmHWM");
+    let peak = assert_peak_rss_within_budget(&server, before);
     assert_eq!(mc.get("huge").unwrap(), Some(b"old value".to_vec()), "the old value is kept");
     assert_eq!(mc.get("x").unwrap(), None, "the block's content was not run");
     assert_eq!(mc.store("set", "after", 0, b"works").unwrap(), b"STORED");
     assert_eq!(mc.get("after").unwrap(), Some(b"works".to_vec()));
     eprintln!("100 MiB data block: RSS {before} KiB before, peak {peak} KiB");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
     assert_no_panic(&server.log());
 }
 
@@ -452,7 +449,7 @@ fn memcached_a_data_block_larger_than_the_limit_is_swallowed_and_memory_stays_bo
 #[test]
 fn memcached_a_get_with_thousands_of_keys_is_answered_and_memory_stays_bounded() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start_memcached(&db, &[]);
+    let (server, addr) = Server::start_memcached(&db, &[]);
     let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
     let value = |i: usize| format!("{i}:{}", "v".repeat(1000)).into_bytes();
     for i in (0..10_000).step_by(10) {
@@ -469,9 +466,8 @@ fn memcached_a_get_with_thousands_of_keys_is_answered_and_memory_stays_bounded()
             assert_eq!(*got, value(n * 10));
         }
     }
-    let peak = proc_status_kib(server.pid(), "VmHWM");
+    let peak = assert_peak_rss_within_budget(&server, before);
     eprintln!("get with 10,000 keys (1,000 hits of 1 KiB) ×3: RSS {before} KiB before, peak {peak} KiB");
-    assert!(peak < before + RSS_BUDGET_KIB, "peak RSS {peak} KiB (was {before} KiB)");
     assert_eq!(mc.call("version").unwrap(), b"VERSION textkv-0.1.0");
     assert_no_panic(&server.log());
 }
@@ -482,7 +478,7 @@ fn memcached_a_get_with_thousands_of_keys_is_answered_and_memory_stays_bounded()
 #[test]
 fn memcached_a_client_that_never_reads_pipelined_multigets_is_disconnected_with_bounded_memory() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start_memcached(&db, &["--idle-timeout", "2"]);
+    let (server, addr) = Server::start_memcached(&db, &["--idle-timeout", "2"]);
     let big = vec![b'x'; 1 << 20];
     let mut mc = McConn::connect(addr, IO_TIMEOUT).unwrap();
     assert_eq!(mc.store("set", "big", 0, &big).unwrap(), b"STORED");
@@ -510,7 +506,7 @@ fn memcached_a_client_that_never_reads_pipelined_multigets_is_disconnected_with_
 #[test]
 fn memcached_garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start_memcached(&db, &["--max-value-bytes", "65536"]);
+    let (server, addr) = Server::start_memcached(&db, &["--max-value-bytes", "65536"]);
     let mut good = McConn::connect(addr, IO_TIMEOUT).unwrap();
     let keep: Vec<(String, Vec<u8>)> =
         (0..50).map(|i| (format!("keep:{i}"), format!("kept {i}\r\n\0 value").into_bytes())).collect();
@@ -583,7 +579,7 @@ fn memcached_garbage_half_requests_and_resets_never_panic_or_corrupt_data() {
     let log = server.log();
     assert_no_panic(&log);
     server.kill();
-    let (_server, addr) = start_memcached(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     check(&mut McConn::connect(addr, IO_TIMEOUT).unwrap());
     eprintln!("memcached hostile clients: {attacks} connections of garbage, half requests and resets");
 }

@@ -4,18 +4,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{raw_connect, temp_db, transcript, Server};
-
-fn start(db: &std::path::Path, extra: &[&str]) -> (Server, SocketAddr) {
-    let mut args = vec!["--memcached", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let server = Server::start(db, &args);
-    let addr = server.listener("memcached");
-    (server, addr)
-}
 
 fn text(bytes: Vec<u8>) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
@@ -44,7 +36,7 @@ fn cas_of(stream: &mut TcpStream, key: &str) -> u64 {
 #[test]
 fn storage_and_retrieval_transcript() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let reply = transcript(
         addr,
         b"set a 5 0 3\r\none\r\nget a\r\nadd a 0 0 1\r\nx\r\nadd b 7 0 3\r\ntwo\r\n\
@@ -67,7 +59,7 @@ fn storage_and_retrieval_transcript() {
 #[test]
 fn gets_and_cas_conflicts() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let mut conn = raw_connect(addr);
     assert_eq!(exchange(&mut conn, b"set k 1 0 2\r\nv1\r\n", b"\r\n"), b"STORED\r\n");
     let cas = cas_of(&mut conn, "k");
@@ -96,7 +88,7 @@ fn gets_and_cas_conflicts() {
 #[test]
 fn noreply_sends_nothing_at_all() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &["--max-value-bytes", "16"]);
+    let (_server, addr) = Server::start_memcached(&db, &["--max-value-bytes", "16"]);
     let mut request = b"set a 0 0 1 noreply\r\n1\r\nadd a 0 0 1 noreply\r\nx\r\nreplace zz 0 0 1 noreply\r\nx\r\n\
         append a 0 0 1 noreply\r\n0\r\nprepend zz 0 0 1 noreply\r\nx\r\ncas a 0 0 1 1 noreply\r\nx\r\n\
         incr a 5 noreply\r\ndecr zz 1 noreply\r\nincr a x noreply\r\ntouch a 100 noreply\r\ntouch zz 1 noreply\r\n\
@@ -111,7 +103,7 @@ fn noreply_sends_nothing_at_all() {
 #[test]
 fn incr_and_decr_follow_memcached() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let reply = transcript(
         addr,
         b"set n 3 0 2\r\n10\r\nincr n 5\r\ndecr n 100\r\nincr n 18446744073709551615\r\nincr n 1\r\n\
@@ -134,7 +126,7 @@ fn incr_and_decr_follow_memcached() {
 #[test]
 fn short_ttls_touch_and_gat_expire_items() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let mut conn = raw_connect(addr);
     let setup = b"set short 0 1 1\r\na\r\nset gone 0 -1 1\r\nb\r\nset kept 0 0 1\r\nc\r\nset past 0 1000000000 1\r\nd\r\n";
     assert_eq!(exchange(&mut conn, setup, b"STORED\r\nSTORED\r\nSTORED\r\nSTORED\r\n").len(), 32);
@@ -166,7 +158,7 @@ fn short_ttls_touch_and_gat_expire_items() {
 #[test]
 fn large_binary_values_and_size_limits() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &["--max-value-bytes", "1048576"]);
+    let (_server, addr) = Server::start_memcached(&db, &["--max-value-bytes", "1048576"]);
     let mut conn = raw_connect(addr);
     let binary: Vec<u8> = (0..=255u8).chain(*b"\r\nEND\r\n\0").collect();
     let mut request = format!("set bin 0 0 {}\r\n", binary.len()).into_bytes();
@@ -197,7 +189,7 @@ fn large_binary_values_and_size_limits() {
 #[test]
 fn protocol_errors_keep_the_stream_in_step() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let long_key = "k".repeat(251);
     let request = format!(
         "bogus\r\nSET k 0 0 1\r\n\r\nset k 0 0 3\r\nabcde\r\nset k 0 0\r\nget {long_key}\r\n\
@@ -217,7 +209,7 @@ fn protocol_errors_keep_the_stream_in_step() {
 #[test]
 fn quit_http_and_endless_lines_close_the_connection() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     assert_eq!(transcript(addr, b"mn\r\nquit\r\nmn\r\n"), b"MN\r\n");
     assert_eq!(transcript(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), b"");
     let mut conn = raw_connect(addr);
@@ -237,7 +229,7 @@ fn quit_http_and_endless_lines_close_the_connection() {
 #[test]
 fn meta_commands_transcript() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let reply = transcript(
         addr,
         b"mn\r\nms a 2 F3 T0\r\nhi\r\nmg a\r\nmg a v\r\nmg a v k f s t Oxy\r\nmg zz v\r\nmg zz v q\r\nmg zz k Oq\r\n\
@@ -264,7 +256,7 @@ fn meta_commands_transcript() {
 #[test]
 fn flush_all_now_and_with_a_delay() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let mut conn = raw_connect(addr);
     let setup = b"set a 0 0 1\r\n1\r\nflush_all\r\nget a\r\nset a 0 0 1\r\n1\r\nflush_all 1\r\nget a\r\n";
     let reply = exchange(&mut conn, setup, b"END\r\n");
@@ -284,7 +276,7 @@ fn flush_all_now_and_with_a_delay() {
 #[test]
 fn stats_report_real_values() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start(&db, &[]);
+    let (server, addr) = Server::start_memcached(&db, &[]);
     let reply = text(transcript(
         addr,
         b"set a 0 0 3\r\nabc\r\nset b 0 0 2\r\nxy\r\nget a zz\r\ndelete zz\r\nincr zz 1\r\ntouch a 0\r\nstats\r\n",
@@ -321,7 +313,7 @@ fn stats_report_real_values() {
 #[test]
 fn flags_expiry_and_values_survive_a_restart_and_show_in_the_line_protocol() {
     let (_dir, db) = temp_db();
-    let (server, addr) = start(&db, &[]);
+    let (server, addr) = Server::start_memcached(&db, &[]);
     let value = b"line one\r\nline two\ttab \\ \x00\xff";
     let mut request = format!("set doc 4294967295 3000 {}\r\n", value.len()).into_bytes();
     request.extend_from_slice(value);
@@ -336,7 +328,7 @@ fn flags_expiry_and_values_survive_a_restart_and_show_in_the_line_protocol() {
     assert_eq!(transcript(server.addr, b"set fromline a b\n"), b"STORED\n");
     server.kill();
 
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     let mut expected = format!("VALUE doc 4294967295 {}\r\n", value.len()).into_bytes();
     expected.extend_from_slice(value);
     expected.extend_from_slice(
@@ -352,7 +344,7 @@ fn flags_expiry_and_values_survive_a_restart_and_show_in_the_line_protocol() {
 #[test]
 fn the_connection_cap_answers_in_memcached_words() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &["--max-connections", "1"]);
+    let (_server, addr) = Server::start_memcached(&db, &["--max-connections", "1"]);
     let mut first = raw_connect(addr);
     assert_eq!(exchange(&mut first, b"mn\r\n", b"MN\r\n"), b"MN\r\n");
     let mut refused = raw_connect(addr);
@@ -364,7 +356,7 @@ fn the_connection_cap_answers_in_memcached_words() {
 #[test]
 fn the_memcache_crate_works_unchanged() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     // The crate speaks the binary protocol unless told `protocol=ascii` (its documented URL option).
     let url = format!("memcache://{addr}?timeout=10&tcp_nodelay=true&protocol=ascii");
     let client = memcache::connect(url.as_str()).expect("connect");
@@ -440,7 +432,7 @@ fn a_full_disk_is_a_server_error_and_the_connection_goes_on() {
 #[test]
 fn pipelined_storage_commands_are_decided_in_order_and_reads_see_them() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     // One write: the storage commands are submitted together, yet each is decided after the
     // one before it, a bad one is answered in its place, and the get sees all of them.
     let request = b"add k 0 0 1\r\na\r\nadd k 0 0 1\r\nb\r\nappend k 0 0 1\r\nc\r\n\
@@ -454,7 +446,7 @@ fn pipelined_storage_commands_are_decided_in_order_and_reads_see_them() {
 #[test]
 fn a_noreply_store_that_fills_the_queue_keeps_the_replies_before_it() {
     let (_dir, db) = temp_db();
-    let (_server, addr) = start(&db, &[]);
+    let (_server, addr) = Server::start_memcached(&db, &[]);
     // 1,024 queued stores flush the queue at the last one; its noreply must silence only it.
     let mut request = b"set k 0 0 1\r\nx\r\n".repeat(1023);
     request.extend_from_slice(b"set k 0 0 1 noreply\r\ny\r\nmn\r\n");

@@ -90,6 +90,19 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// A TCP connection whose every read and write times out, split into a buffered reader and
+/// a writer.
+fn connect_with_timeouts(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok((BufReader::new(stream.try_clone()?), stream))
+}
+
 /// A line-protocol connection that never blocks a test for long: every read and write has a
 /// timeout, and every failure is an error, not a panic (the server may have been killed).
 pub struct Conn {
@@ -99,11 +112,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+        let (reader, writer) = connect_with_timeouts(addr, timeout)?;
+        Ok(Conn { reader, writer })
     }
 
     /// Sends one request line and returns the one-line reply (without its newline).
@@ -169,11 +179,8 @@ pub struct McConn {
 
 impl McConn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<McConn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(McConn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+        let (reader, writer) = connect_with_timeouts(addr, timeout)?;
+        Ok(McConn { reader, writer })
     }
 
     /// One reply line, without its `\r\n`.

@@ -127,6 +127,16 @@ impl Server {
         Ok(Server { child, addr, listeners, db: db.to_path_buf(), log, log_reader: Some(log_reader) })
     }
 
+    /// Starts the server with a memcached listener too (`--memcached 127.0.0.1:0`) and
+    /// returns it with that listener's address.
+    pub fn start_memcached(db: &Path, extra: &[&str]) -> (Server, SocketAddr) {
+        let mut args = vec!["--memcached", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let server = Server::start(db, &args);
+        let addr = server.listener("memcached");
+        (server, addr)
+    }
+
     /// The address of the listener whose protocol name contains `protocol`.
     pub fn listener(&self, protocol: &str) -> SocketAddr {
         self.listeners
