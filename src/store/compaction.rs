@@ -53,8 +53,6 @@ pub(crate) struct Installed {
 
 /// A compaction in progress, owned by the writer.
 pub(crate) struct Compaction {
-    /// Length of the old log when the compaction started: the writes after it are the tail.
-    start_len: u64,
     waiters: Vec<Waiter>,
 }
 
@@ -103,7 +101,7 @@ impl Compaction {
             let _ = tx.send(Msg::SnapshotDone(result));
         });
         match spawned {
-            Ok(_) => Ok(Compaction { start_len, waiters: waiter.into_iter().collect() }),
+            Ok(_) => Ok(Compaction { waiters: waiter.into_iter().collect() }),
             Err(e) => Err((e, waiter)),
         }
     }
@@ -112,8 +110,9 @@ impl Compaction {
         self.waiters.extend(waiter);
     }
 
-    /// Completes the compaction: copies the tail `old[start_len..old_len]` after the
-    /// snapshot, fsyncs, renames, fsyncs the directory. Returns the outcome and the callers
+    /// Completes the compaction: copies the rest of the tail, `old[copied_to..old_len]`
+    /// (`catch_up` copied the part before it), after the snapshot, fsyncs, renames, fsyncs
+    /// the directory. Returns the outcome and the callers
     /// to answer once the writer has switched to the new file.
     pub(crate) fn install(
         self,
@@ -125,7 +124,7 @@ impl Compaction {
         let temp = temp_path(path);
         let result = snapshot.and_then(|snapshot| {
             let (tail_len, tail_records) =
-                copy_tail(old, self.start_len, old_len, &snapshot.file, snapshot.len)?;
+                copy_tail(old, snapshot.copied_to, old_len, &snapshot.file, snapshot.len)?;
             snapshot.file.sync_data()?;
             fs::rename(&temp, path)?;
             // From here on the new file *is* the log: the writer must switch to it even if the
@@ -222,4 +221,29 @@ fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result
         snapshot.copied_to = end;
     }
     snapshot.file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_copies_only_the_part_of_the_tail_catch_up_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.txt");
+        // The old log: the live set when the compaction started, then a tail of two writes.
+        fs::write(&path, "set a 1\nset b 2\nset c 3\n").unwrap();
+        let start_len = "set a 1\n".len() as u64;
+        // The snapshot holds the live set, and catch_up has already copied `set b 2`.
+        let temp = temp_path(&path);
+        fs::write(&temp, "set a 1\nset b 2\n").unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&temp).unwrap();
+        let snapshot = Snapshot { file, len: 16, records: 2, copied_to: start_len + 8 };
+        let old = File::open(&path).unwrap();
+        let (installed, _) = Compaction { waiters: Vec::new() }.install(Ok(snapshot), &path, &old, 24);
+        let installed = installed.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "set a 1\nset b 2\nset c 3\n");
+        assert_eq!((installed.len, installed.records), (24, 3));
+        assert!(!temp.exists());
+    }
 }
