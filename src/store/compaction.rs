@@ -226,6 +226,25 @@ fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Store, StoreConfig, StoreMode, WriteOp};
+
+    #[test]
+    fn a_compaction_and_its_expiry_sweep_are_not_counted_as_write_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path().join("db.txt"))).unwrap();
+        let set = WriteOp::Store {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            flags: 0,
+            expires_at: 0,
+            mode: StoreMode::Set,
+        };
+        store.write(set).unwrap();
+        assert_eq!(store.stats().batches, 1);
+        store.compact().unwrap();
+        assert_eq!(store.stats().compactions, 1);
+        assert_eq!(store.stats().batches, 1, "only the one write's batch");
+    }
 
     #[test]
     fn install_copies_only_the_part_of_the_tail_catch_up_left() {

@@ -219,7 +219,7 @@ impl Record {
         match self {
             Record::Set { key, value, flags, expires_at } => encode_set(key, value, *flags, *expires_at, out),
             Record::Del { key } => encode_del(key, out),
-            Record::Flush => out.extend_from_slice(b"flush\n"),
+            Record::Flush => encode_flush(out),
         }
     }
 }
@@ -244,6 +244,10 @@ pub fn encode_del(key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"del ");
     out.extend_from_slice(key);
     out.push(b'\n');
+}
+
+pub fn encode_flush(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"flush\n");
 }
 
 /// Parses an unsigned decimal made only of ASCII digits (no sign, no spaces).

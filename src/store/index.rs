@@ -68,7 +68,7 @@ impl ItemRef<'_> {
     }
 }
 
-fn is_expired(expires_at: u64, now: u64) -> bool {
+pub(crate) fn is_expired(expires_at: u64, now: u64) -> bool {
     expires_at != 0 && expires_at <= now
 }
 

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use super::compaction::sync_dir;
 use super::format::{FormatError, RecordRef};
-use super::index::{Index, ItemRef};
+use super::index::{is_expired, Index, ItemRef};
+use super::unix_now;
 
 /// What loading found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -143,7 +144,7 @@ pub fn is_comment_or_blank(line: &[u8]) -> bool {
 fn apply(index: &Index, record: RecordRef<'_>, now: u64, next_cas: &mut impl FnMut() -> u64) {
     match record {
         RecordRef::Set { key, value, flags, expires_at } => {
-            if expires_at != 0 && expires_at <= now {
+            if is_expired(expires_at, now) {
                 index.remove(key);
             } else {
                 index.insert(key, ItemRef { value: &value, flags, expires_at, cas: next_cas() });
@@ -161,8 +162,7 @@ fn apply(index: &Index, record: RecordRef<'_>, now: u64, next_cas: &mut impl FnM
 /// longer has, so it is never overwritten), with the database's permissions, and fsyncs it:
 /// the backup must be durable before the original is cut.
 fn write_backup(path: &Path) -> io::Result<PathBuf> {
-    let stamp =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stamp = unix_now();
     for n in 1..=1000 {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(if n == 1 { format!(".corrupt-{stamp}.bak") } else { format!(".corrupt-{stamp}-{n}.bak") });

@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::compaction::{self, Compaction};
-use super::format::{encode_del, encode_set, MAX_EXPIRES_AT};
+use super::format::{encode_del, encode_flush, encode_set, parse_number, MAX_EXPIRES_AT};
 use super::index::Item;
 use super::mailbox::{wake_all, Mailbox, Reply};
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
@@ -235,7 +235,7 @@ impl Writer {
                         pending.insert(key.clone(), Pending::Absent);
                     }
                     Effect::Flush => {
-                        buf.extend_from_slice(b"flush\n");
+                        encode_flush(&mut buf);
                         pending.clear();
                         flushed = true;
                     }
@@ -273,6 +273,7 @@ impl Writer {
             self.apply(effect);
         }
         self.records += record_count;
+        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.publish_counters();
         answer(writes, outcomes.into_iter().map(Ok));
     }
@@ -361,7 +362,8 @@ impl Writer {
             WriteOp::Arith { key, delta, incr } => match current(key) {
                 None => (WriteOutcome::NotFound, None),
                 Some(mut item) => {
-                    let Some(number) = parse_counter(&item.value) else {
+                    // memcached's rule: a decimal number of at most 20 digits that fits u64.
+                    let Some(number) = parse_number::<u64>(&item.value) else {
                         return (WriteOutcome::NonNumeric, None);
                     };
                     let value =
@@ -402,7 +404,6 @@ impl Writer {
         c.live_keys.store(self.live_keys, Ordering::Relaxed);
         // Release: the compactor copies the log up to this length (`compaction::catch_up`).
         c.file_bytes.store(self.file_len, Ordering::Release);
-        c.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Appends `buf` at the end of the log and makes it as durable as the policy asks. On
@@ -545,11 +546,6 @@ fn answer(writes: &mut Vec<(WriteOp, Arc<Mailbox>)>, replies: impl Iterator<Item
         callers.push(mailbox);
     }
     wake_all(&mut callers);
-}
-
-/// memcached's rule: the value must be a decimal number of at most 20 digits that fits u64.
-fn parse_counter(value: &[u8]) -> Option<u64> {
-    super::format::parse_number(value)
 }
 
 /// `everysec`: fsync the current log about once a second when something was written. Stops
