@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 use super::compaction::{self, Compaction};
 use super::format::{encode_del, encode_flush, encode_set, parse_number, MAX_EXPIRES_AT};
-use super::index::Item;
+use super::index::{Item, ItemRef};
 use super::mailbox::{wake_all, Mailbox, Reply};
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
 
@@ -288,44 +288,58 @@ impl Writer {
         effects: &[Effect],
         flushed: bool,
     ) -> (WriteOutcome, Option<Effect>) {
-        let current = |key: &[u8]| -> Option<Item> {
-            match pending.get(key) {
-                Some(&Pending::Present(at)) => match &effects[at] {
-                    Effect::Set(_, item) => Some(item.clone()),
-                    Effect::Del(_) | Effect::Flush => None,
-                },
-                Some(Pending::Absent) => None,
-                None if flushed => None,
-                None => self.shared.index.get(key, now),
-            }
+        let index = &self.shared.index;
+        let peek = |key: &[u8], f: &mut dyn FnMut(Option<ItemRef<'_>>)| match pending.get(key) {
+            Some(&Pending::Present(at)) => match &effects[at] {
+                Effect::Set(_, item) => f(Some(item.as_ref())),
+                Effect::Del(_) | Effect::Flush => f(None),
+            },
+            Some(Pending::Absent) => f(None),
+            None if flushed => f(None),
+            None => index.with(key, now, |item| f(item)),
+        };
+        // The item as of this point in the batch, copied: for writes that build on its value.
+        let current = |key: &[u8]| {
+            let mut found = None;
+            peek(key, &mut |item| found = item.map(|item| item.to_item()));
+            found
+        };
+        // Only whether it is there and its CAS unique: no copy of the value.
+        let current_cas = |key: &[u8]| {
+            let mut found = None;
+            peek(key, &mut |item| found = item.map(|item| item.cas));
+            found
         };
         match op {
             WriteOp::Store { key, value, flags, expires_at, mode } => {
-                // A plain set does not depend on what is there: skip the lookup and its copy.
-                let existing = if *mode == StoreMode::Set { None } else { current(key) };
-                let (value, flags, expires_at) = match (*mode, existing) {
-                    (StoreMode::Set, _) => (value.clone(), *flags, *expires_at),
-                    (StoreMode::Add, None) => (value.clone(), *flags, *expires_at),
-                    (StoreMode::Add, Some(_)) => return (WriteOutcome::NotStored, None),
-                    (StoreMode::Replace, Some(_)) => (value.clone(), *flags, *expires_at),
-                    (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-                        return (WriteOutcome::NotStored, None)
-                    }
-                    (StoreMode::Append, Some(old)) => {
-                        let mut joined = old.value.into_vec();
-                        joined.extend_from_slice(value);
-                        (joined, old.flags, old.expires_at)
-                    }
-                    (StoreMode::Prepend, Some(old)) => {
-                        let mut joined = value.clone();
-                        joined.extend_from_slice(&old.value);
-                        (joined, old.flags, old.expires_at)
-                    }
-                    (StoreMode::Cas(_), None) => return (WriteOutcome::NotFound, None),
-                    (StoreMode::Cas(expected), Some(old)) if old.cas != expected => {
-                        return (WriteOutcome::Exists, None)
-                    }
-                    (StoreMode::Cas(_), Some(_)) => (value.clone(), *flags, *expires_at),
+                let (value, flags, expires_at) = match *mode {
+                    StoreMode::Set => (value.clone(), *flags, *expires_at),
+                    StoreMode::Add => match current_cas(key) {
+                        None => (value.clone(), *flags, *expires_at),
+                        Some(_) => return (WriteOutcome::NotStored, None),
+                    },
+                    StoreMode::Replace => match current_cas(key) {
+                        Some(_) => (value.clone(), *flags, *expires_at),
+                        None => return (WriteOutcome::NotStored, None),
+                    },
+                    StoreMode::Cas(expected) => match current_cas(key) {
+                        None => return (WriteOutcome::NotFound, None),
+                        Some(cas) if cas != expected => return (WriteOutcome::Exists, None),
+                        Some(_) => (value.clone(), *flags, *expires_at),
+                    },
+                    StoreMode::Append | StoreMode::Prepend => match current(key) {
+                        None => return (WriteOutcome::NotStored, None),
+                        Some(old) if *mode == StoreMode::Append => {
+                            let mut joined = old.value.into_vec();
+                            joined.extend_from_slice(value);
+                            (joined, old.flags, old.expires_at)
+                        }
+                        Some(old) => {
+                            let mut joined = value.clone();
+                            joined.extend_from_slice(&old.value);
+                            (joined, old.flags, old.expires_at)
+                        }
+                    },
                 };
                 if value.len() > self.max_value_bytes {
                     return (WriteOutcome::TooLarge, None);
@@ -342,9 +356,9 @@ impl Writer {
                 };
                 (WriteOutcome::Stored { cas }, Some(effect))
             }
-            WriteOp::Delete { key, cas } => match current(key) {
+            WriteOp::Delete { key, cas } => match current_cas(key) {
                 None => (WriteOutcome::NotFound, None),
-                Some(old) if cas.is_some_and(|c| c != old.cas) => (WriteOutcome::Exists, None),
+                Some(old) if cas.is_some_and(|c| c != old) => (WriteOutcome::Exists, None),
                 Some(_) => (WriteOutcome::Deleted, Some(Effect::Del(key.clone()))),
             },
             WriteOp::Touch { key, expires_at } => match current(key) {
