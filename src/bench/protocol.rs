@@ -13,6 +13,8 @@
 
 use std::ops::Range;
 
+use crate::protocol::push_decimal;
+
 /// Which protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -32,20 +34,6 @@ pub enum Reply {
     Stored,
     /// An error reply (the whole line), counted but not fatal.
     Error(Range<usize>),
-}
-
-fn push_decimal(mut n: usize, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 fn parse_decimal(text: &[u8]) -> Option<usize> {
@@ -91,7 +79,7 @@ impl Protocol {
             }
             Protocol::Resp => {
                 out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$");
-                push_decimal(key.len(), out);
+                push_decimal(key.len() as u64, out);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(key);
                 out.extend_from_slice(b"\r\n");
@@ -114,18 +102,18 @@ impl Protocol {
                 out.extend_from_slice(b"set ");
                 out.extend_from_slice(key);
                 out.extend_from_slice(b" 0 0 ");
-                push_decimal(len, out);
+                push_decimal(len as u64, out);
                 out.extend_from_slice(b"\r\n");
                 value(out);
                 out.extend_from_slice(b"\r\n");
             }
             Protocol::Resp => {
                 out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$");
-                push_decimal(key.len(), out);
+                push_decimal(key.len() as u64, out);
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(key);
                 out.extend_from_slice(b"\r\n$");
-                push_decimal(len, out);
+                push_decimal(len as u64, out);
                 out.extend_from_slice(b"\r\n");
                 value(out);
                 out.extend_from_slice(b"\r\n");

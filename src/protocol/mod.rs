@@ -15,6 +15,21 @@ pub mod memcache;
 /// bounds a connection's memory when a client pipelines many large reads.
 pub const FLUSH_THRESHOLD: usize = 64 * 1024;
 
+/// Appends `n` in decimal: reply and request headers are built without a `format!` String.
+pub fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// What a call to [`Session::process`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -53,4 +68,16 @@ pub struct Context {
     /// `--users`: when set, every connection must log in, and each user's role limits what
     /// they may do (see [`crate::auth`]).
     pub users: Option<Arc<Users>>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn push_decimal_writes_every_digit() {
+        for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
+            let mut out = b"x".to_vec();
+            super::push_decimal(n, &mut out);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 }

@@ -19,6 +19,7 @@
 
 use super::request::{expires_at, remaining_ttl, valid_key};
 use super::Executor;
+use crate::protocol::push_decimal;
 use crate::stats::ServerStats;
 use crate::store::{unix_now, Item, StoreMode, WriteOp, WriteOutcome};
 
@@ -135,12 +136,12 @@ impl<'a> MetaFlags<'a> {
                     out.extend_from_slice(b" O");
                     out.extend_from_slice(self.opaque.unwrap_or_default());
                 }
-                (b'f', Some(item)) => out.extend_from_slice(format!(" f{}", item.flags).as_bytes()),
+                (b'f', Some(item)) => push_flag_number(b'f', item.flags.into(), out),
                 (b't', Some(item)) => {
                     out.extend_from_slice(format!(" t{}", remaining_ttl(item.expires_at, now)).as_bytes())
                 }
-                (b'c', Some(item)) => out.extend_from_slice(format!(" c{}", item.cas).as_bytes()),
-                (b's', Some(item)) => out.extend_from_slice(format!(" s{}", item.value.len()).as_bytes()),
+                (b'c', Some(item)) => push_flag_number(b'c', item.cas, out),
+                (b's', Some(item)) => push_flag_number(b's', item.value.len() as u64, out),
                 _ => {}
             }
         }
@@ -165,7 +166,8 @@ impl<'a> MetaFlags<'a> {
 
     /// Appends `VA <size> <flags>\r\n<data>\r\n`, with `extra` (` W`) after the flags.
     fn value_reply(&self, key: &[u8], item: &Item, extra: &str, now: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("VA {}", item.value.len()).as_bytes());
+        out.extend_from_slice(b"VA ");
+        push_decimal(item.value.len() as u64, out);
         self.write_returns(key, Some(item), now, out);
         out.extend_from_slice(extra.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -385,6 +387,12 @@ impl Executor<'_> {
             other => other,
         })
     }
+}
+
+/// Appends a returned flag with its number, such as ` c12`.
+fn push_flag_number(flag: u8, n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[b' ', flag]);
+    push_decimal(n, out);
 }
 
 #[cfg(test)]

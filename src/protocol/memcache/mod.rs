@@ -52,7 +52,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Context, Progress, Session, FLUSH_THRESHOLD};
+use super::{push_decimal, Context, Progress, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
@@ -526,7 +526,8 @@ impl Executor<'_> {
             None => {}
             Some(WriteOutcome::Counter { value, .. }) => {
                 ServerStats::bump(hits);
-                out.extend_from_slice(format!("{value}\r\n").as_bytes());
+                push_decimal(value, out);
+                out.extend_from_slice(b"\r\n");
             }
             Some(WriteOutcome::NotFound) => {
                 ServerStats::bump(misses);
@@ -647,10 +648,15 @@ fn server_error(error: &StoreError, out: &mut Vec<u8>) {
 fn value_line(key: &[u8], flags: u32, value: &[u8], cas: Option<u64>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"VALUE ");
     out.extend_from_slice(key);
-    match cas {
-        Some(cas) => out.extend_from_slice(format!(" {flags} {} {cas}\r\n", value.len()).as_bytes()),
-        None => out.extend_from_slice(format!(" {flags} {}\r\n", value.len()).as_bytes()),
+    out.push(b' ');
+    push_decimal(flags.into(), out);
+    out.push(b' ');
+    push_decimal(value.len() as u64, out);
+    if let Some(cas) = cas {
+        out.push(b' ');
+        push_decimal(cas, out);
     }
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
