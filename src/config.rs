@@ -4,15 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 
 use crate::protocol::Limits;
 use crate::server::ServerConfig;
 use crate::store::{FsyncPolicy, StoreConfig};
 
 /// A durable key-value server whose database is a plain, human-readable text file.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "kvserver", version, about, long_about = None)]
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// The database file: an append-only log of line-protocol commands. Created if missing.
     #[arg(long, default_value = "database.txt")]

@@ -10,9 +10,6 @@
 //! - A small SplitMix64 generator (no dependency) drives every choice, one stream per
 //!   connection, so a run is repeatable for a given seed.
 
-/// Bytes of every key.
-pub const KEY_BYTES: usize = 14;
-
 /// SplitMix64's finaliser: a good 64-bit mixing function.
 pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -56,15 +53,6 @@ pub fn push_key(index: u64, out: &mut Vec<u8>) {
         n /= 10;
     }
     out.extend_from_slice(&digits);
-}
-
-/// The key index of a key written by [`push_key`].
-pub fn parse_key(key: &[u8]) -> Option<u64> {
-    let digits = key.strip_prefix(b"key:")?;
-    if digits.len() != 10 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -127,13 +115,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_fixed_width_and_parse_back() {
+    fn keys_are_fixed_width() {
         let mut key = Vec::new();
         push_key(42, &mut key);
         assert_eq!(key, b"key:0000000042");
-        assert_eq!(key.len(), KEY_BYTES);
-        assert_eq!(parse_key(&key), Some(42));
-        assert_eq!(parse_key(b"key:42"), None);
+        push_key(9_999_999_999, &mut key);
+        assert_eq!(key, b"key:0000000042key:9999999999");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::escape::escape_into;
 use crate::stats::ServerStats;
 use crate::store::format::{self, FormatError, KeyError, Record};
 use crate::store::recovery::{is_comment_or_blank, strip_line_ending};
-use crate::store::{StoreError, StoreMode, WriteOp, WriteOutcome};
+use crate::store::{StoreMode, WriteOp, WriteOutcome};
 
 /// `help` text: one line per command.
 pub const HELP: &[&str] = &[
@@ -303,7 +303,7 @@ impl LineSession {
             Request::Stats => self.write_stats(out),
             Request::Compact => match store.compact() {
                 Ok(()) => out.extend_from_slice(b"OK\n"),
-                Err(e) => store_error_reply(&e, out),
+                Err(e) => error_reply(&e, out),
             },
             Request::Ping => out.extend_from_slice(b"PONG\n"),
             Request::Help => {
@@ -339,7 +339,7 @@ impl LineSession {
                     b"ERROR internal error\n"
                 }
                 Err(e) => {
-                    store_error_reply(&e, out);
+                    error_reply(&e, out);
                     continue;
                 }
             };
@@ -383,10 +383,6 @@ const AUTHENTICATION_REQUIRED: &[u8] = b"ERROR authentication required\n";
 
 fn error_reply(error: &dyn fmt::Display, out: &mut Vec<u8>) {
     out.extend_from_slice(format!("ERROR {error}\n").as_bytes());
-}
-
-fn store_error_reply(error: &StoreError, out: &mut Vec<u8>) {
-    error_reply(error, out);
 }
 
 impl Session for LineSession {

@@ -7,7 +7,7 @@
 
 use super::meta::{MetaFlags, MetaKind};
 use crate::auth::Role;
-use crate::store::format::{self, MAX_KEY_BYTES};
+use crate::store::format;
 use crate::store::StoreMode;
 
 /// memcached's threshold between relative and absolute expiry times: 30 days in seconds.
@@ -172,7 +172,7 @@ pub fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// memcached's key rule plus textkv's: 1–250 bytes, no control characters or spaces.
 pub fn valid_key(key: &[u8]) -> bool {
-    key.len() <= MAX_KEY_BYTES && format::validate_key(key).is_ok()
+    format::validate_key(key).is_ok()
 }
 
 /// An unsigned decimal (`safe_strtoul`/`safe_strtoull`): digits only, no overflow.
