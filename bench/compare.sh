@@ -105,7 +105,6 @@ for server in $SERVERS; do
       case $server in tk-never) fsync=never ;; tk-es) fsync=everysec ;; tk-al) fsync=always ;; esac
       if [ -n "$HAS_MC" ]; then
         start_textkv "$PORT_A" "$dir" "$fsync" "$PORT_B"
-        wait_ready memcached "$PORT_B"
       else
         start_textkv "$PORT_A" "$dir" "$fsync"
       fi

@@ -95,6 +95,7 @@ start_textkv() { # line-port dir fsync [memcached-port]
   SERVER_PID=$!
   STARTED_PIDS+=("$SERVER_PID")
   wait_ready line "$port" "${READY_LIMIT:-30}"
+  [ -z "${4:-}" ] || wait_ready memcached "$4" "${READY_LIMIT:-30}"
 }
 
 # Stops the server started last (SERVER_PID) and forgets it.

@@ -57,10 +57,15 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let certs = CertificateDer::pem_file_iter(cert_path)
+/// Every PEM certificate in `path`.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read a certificate from {}: {e}", cert_path.display()))?;
+        .map_err(|e| format!("cannot read a certificate from {}: {e}", path.display()))
+}
+
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs = read_certs(cert_path)?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", cert_path.display()));
     }
@@ -100,10 +105,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Str
         None => system().ok_or("no system CA bundle found; pass --ca <file>")?,
     };
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&ca)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read a certificate from {}: {e}", ca.display()))?;
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    let (added, _ignored) = roots.add_parsable_certificates(read_certs(&ca)?);
     if added == 0 {
         return Err(format!("{} holds no usable CA certificate", ca.display()));
     }
