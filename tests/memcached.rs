@@ -253,6 +253,33 @@ fn meta_commands_transcript() {
     );
 }
 
+/// `ma … C<cas>` changes the counter only while it still has that CAS unique: the check and
+/// the increment are one write.
+#[test]
+fn meta_arithmetic_with_a_cas_changes_only_that_version() {
+    let (_dir, db) = temp_db();
+    let (_server, addr) = Server::start_memcached(&db, &[]);
+    let mut conn = raw_connect(addr);
+    assert_eq!(text(exchange(&mut conn, b"ms n 1 T0\r\n5\r\n", b"\r\n")), "HD\r\n");
+    let cas = cas_of(&mut conn, "n");
+    let stale = format!("ma n C{} v\r\n", cas + 1);
+    assert_eq!(text(exchange(&mut conn, stale.as_bytes(), b"\r\n")), "EX\r\n");
+    let reply = text(exchange(&mut conn, format!("ma n C{cas} v c\r\n").as_bytes(), b"6\r\n"));
+    let new_cas = cas_of(&mut conn, "n");
+    assert_ne!(new_cas, cas);
+    assert_eq!(reply, format!("VA 1 c{new_cas}\r\n6\r\n"));
+    // The old CAS no longer matches: nothing changes.
+    assert_eq!(text(exchange(&mut conn, format!("ma n C{cas}\r\n").as_bytes(), b"\r\n")), "EX\r\n");
+    assert_eq!(text(exchange(&mut conn, b"mg n v\r\n", b"6\r\n")), "VA 1\r\n6\r\n");
+    assert_eq!(text(exchange(&mut conn, b"ma zz C1\r\n", b"\r\n")), "NF\r\n");
+    assert_eq!(text(exchange(&mut conn, b"ms s 1\r\nx\r\n", b"\r\n")), "HD\r\n");
+    let cas = cas_of(&mut conn, "s");
+    assert_eq!(
+        text(exchange(&mut conn, format!("ma s C{cas}\r\n").as_bytes(), b"\r\n")),
+        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    );
+}
+
 #[test]
 fn flush_all_now_and_with_a_delay() {
     let (_dir, db) = temp_db();

@@ -123,11 +123,13 @@ pub enum WriteOp {
         key: Vec<u8>,
         expires_at: u64,
     },
-    /// memcached's incr/decr on a decimal value: incr wraps at 2^64, decr stops at 0.
+    /// memcached's incr/decr on a decimal value: incr wraps at 2^64, decr stops at 0. With
+    /// `cas`, only if the item's CAS unique equals it (meta `ma … C<cas>`).
     Arith {
         key: Vec<u8>,
         delta: u64,
         incr: bool,
+        cas: Option<u64>,
     },
     /// Delete every item.
     Flush,
@@ -162,6 +164,8 @@ pub enum WriteOutcome {
     Counter {
         value: u64,
         cas: u64,
+        /// The item's expiry, which incr/decr keeps.
+        expires_at: u64,
     },
     /// incr/decr on a value that is not a decimal number.
     NonNumeric,

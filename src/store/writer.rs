@@ -373,8 +373,9 @@ impl Writer {
                     (WriteOutcome::Touched(item), Some(effect))
                 }
             },
-            WriteOp::Arith { key, delta, incr } => match current(key) {
+            WriteOp::Arith { key, delta, incr, cas } => match current(key) {
                 None => (WriteOutcome::NotFound, None),
+                Some(item) if cas.is_some_and(|c| c != item.cas) => (WriteOutcome::Exists, None),
                 Some(mut item) => {
                     // memcached's rule: a decimal number of at most 20 digits that fits u64.
                     let Some(number) = parse_number::<u64>(&item.value) else {
@@ -385,7 +386,8 @@ impl Writer {
                     item.value = value.to_string().into_bytes().into_boxed_slice();
                     item.cas = self.next_cas();
                     let cas = item.cas;
-                    (WriteOutcome::Counter { value, cas }, Some(Effect::Set(key.clone(), item)))
+                    let expires_at = item.expires_at;
+                    (WriteOutcome::Counter { value, cas, expires_at }, Some(Effect::Set(key.clone(), item)))
                 }
             },
             WriteOp::Flush => (WriteOutcome::Flushed, Some(Effect::Flush)),

@@ -298,26 +298,27 @@ impl Executor<'_> {
         let now = unix_now();
         let (hits, misses) =
             if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
-        let outcome = match flags.compare_cas {
-            Some(cas) => self.arith_if_cas(key, delta, incr, cas, out),
-            None => self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out),
-        };
+        let arith = |cas| WriteOp::Arith { key: key.to_vec(), delta, incr, cas };
+        let outcome = self.write(arith(flags.compare_cas), out);
         let outcome = match (outcome, flags.vivify) {
             (None, _) => return,
             (Some(WriteOutcome::NotFound), Some(ttl)) => {
                 // Auto-vivify: the item starts at the initial value, unchanged by the delta.
                 let initial = flags.initial.unwrap_or(0);
+                let expires = expires_at(ttl, now);
                 let op = WriteOp::Store {
                     key: key.to_vec(),
                     value: initial.to_string().into_bytes(),
                     flags: 0,
-                    expires_at: expires_at(ttl, now),
+                    expires_at: expires,
                     mode: StoreMode::Add,
                 };
                 match self.write(op, out) {
-                    Some(WriteOutcome::Stored { cas }) => WriteOutcome::Counter { value: initial, cas },
+                    Some(WriteOutcome::Stored { cas }) => {
+                        WriteOutcome::Counter { value: initial, cas, expires_at: expires }
+                    }
                     // Another client created it meanwhile: count on that one.
-                    Some(_) => match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out) {
+                    Some(_) => match self.write(arith(None), out) {
                         Some(outcome) => outcome,
                         None => return,
                     },
@@ -327,9 +328,8 @@ impl Executor<'_> {
             (Some(outcome), _) => outcome,
         };
         match outcome {
-            WriteOutcome::Counter { value, cas } => {
+            WriteOutcome::Counter { value, cas, expires_at: mut expires } => {
                 ServerStats::bump(hits);
-                let mut expires = self.ctx.store.get(key).map_or(0, |item| item.expires_at);
                 if let Some(ttl) = flags.ttl {
                     expires = expires_at(ttl, now);
                     if self.write(WriteOp::Touch { key: key.to_vec(), expires_at: expires }, out).is_none() {
@@ -354,38 +354,6 @@ impl Executor<'_> {
             WriteOutcome::NonNumeric => self.non_numeric(out),
             other => self.unexpected(&other, out),
         }
-    }
-
-    /// `ma … C<cas>`: compute the new number from the current item and store it only if the
-    /// item is still the one whose CAS the client named, so the check and the change are one
-    /// atomic write.
-    fn arith_if_cas(
-        &self,
-        key: &[u8],
-        delta: u64,
-        incr: bool,
-        cas: u64,
-        out: &mut Vec<u8>,
-    ) -> Option<WriteOutcome> {
-        let Some(item) = self.ctx.store.get(key) else { return Some(WriteOutcome::NotFound) };
-        if item.cas != cas {
-            return Some(WriteOutcome::Exists);
-        }
-        let Some(number) = crate::store::format::parse_number::<u64>(&item.value) else {
-            return Some(WriteOutcome::NonNumeric);
-        };
-        let value = if incr { number.wrapping_add(delta) } else { number.saturating_sub(delta) };
-        let op = WriteOp::Store {
-            key: key.to_vec(),
-            value: value.to_string().into_bytes(),
-            flags: item.flags,
-            expires_at: item.expires_at,
-            mode: StoreMode::Cas(cas),
-        };
-        Some(match self.write(op, out)? {
-            WriteOutcome::Stored { cas } => WriteOutcome::Counter { value, cas },
-            other => other,
-        })
     }
 }
 

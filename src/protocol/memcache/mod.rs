@@ -522,7 +522,7 @@ impl Executor<'_> {
         let c = self.counters();
         let (hits, misses) =
             if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
-        match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr }, out) {
+        match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr, cas: None }, out) {
             None => {}
             Some(WriteOutcome::Counter { value, .. }) => {
                 ServerStats::bump(hits);
