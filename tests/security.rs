@@ -463,3 +463,40 @@ fn openssl_s_client_transcript() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(text(output.stdout), "OK\nSTORED\nVALUE from openssl\n", "{}", text(output.stderr));
 }
+
+/// A FIFO put in place of the certificate (or key) must not block the signal thread on
+/// SIGHUP: the reload is refused, TLS goes on with the current pair, and SIGTERM still stops
+/// the server. Before the fix the reload waited forever in open(2) for a writer.
+#[test]
+fn a_fifo_in_place_of_the_certificate_neither_blocks_sighup_nor_sigterm() {
+    let (dir, db) = temp_db();
+    let (cert, key) = make_cert(dir.path());
+    let current_ca = dir.path().join("current.pem");
+    std::fs::copy(&cert, &current_ca).unwrap();
+    let server = start(dir.path(), &db, Some((&cert, &key)));
+
+    for path in [&cert, &key] {
+        let saved = dir.path().join("saved.pem");
+        std::fs::rename(path, &saved).unwrap();
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        let refusals = server.log().matches("keeping the current TLS certificate").count();
+        unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.log().matches("keeping the current TLS certificate").count() == refusals {
+            assert!(Instant::now() < deadline, "the reload did not answer:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(server.log().contains("not a regular file"), "{}", server.log());
+        let ping = format!("auth {} {}\nping\nquit\n", READER.0, READER.1);
+        assert_eq!(text(tls_transcript(server.addr, &current_ca, ping.as_bytes()).unwrap()), "OK\nPONG\n");
+        std::fs::remove_file(path).unwrap();
+        std::fs::rename(&saved, path).unwrap();
+    }
+
+    let started = Instant::now();
+    let exited = server.signal_and_wait(libc::SIGTERM);
+    assert!(exited.status.success(), "{}", exited.log);
+    assert!(exited.log.contains("kvserver stopped cleanly"), "{}", exited.log);
+    assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", started.elapsed());
+}

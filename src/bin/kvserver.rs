@@ -126,7 +126,7 @@ fn run(config: &Config) -> Result<(), String> {
                     continue;
                 }
                 match &certs {
-                    Some(certs) => match certs.reload() {
+                    Some(certs) => match certs.reload_within(tls::RELOAD_TIMEOUT) {
                         Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate and key"),
                         Err(e) => log::error!("SIGHUP: keeping the current TLS certificate: {e}"),
                     },
