@@ -202,7 +202,7 @@ fn protocol_errors_keep_the_stream_in_step() {
          CLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad command line format\r\n\
          CLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad command line format\r\n\
          CLIENT_ERROR invalid flag\r\nERROR\r\nEND\r\nSTORED\r\nVALUE k 1 2\r\nok\r\nEND\r\n\
-         VERSION textkv-0.1.0\r\nOK\r\nMN\r\n"
+         VERSION 1.6.18 textkv-0.1.0\r\nOK\r\nMN\r\n"
     );
 }
 
@@ -315,7 +315,7 @@ fn stats_report_real_values() {
         line[prefix.len()..].to_string()
     };
     assert_eq!(stat("pid"), server.pid().to_string());
-    assert_eq!(stat("version"), "textkv-0.1.0");
+    assert_eq!(stat("version"), "1.6.18 textkv-0.1.0");
     assert_eq!(stat("curr_items"), "2");
     assert_eq!(stat("bytes"), "7");
     assert_eq!(stat("cmd_get"), "2");
@@ -418,7 +418,7 @@ fn the_memcache_crate_works_unchanged() {
     assert!(!client.delete("foo").unwrap());
     assert_eq!(client.get::<String>("foo").unwrap(), None);
     let versions = client.version().unwrap();
-    assert_eq!(versions[0].1, "textkv-0.1.0");
+    assert_eq!(versions[0].1, "1.6.18 textkv-0.1.0");
     // Not `client.stats()`: memcache 0.17's ASCII stats stops at the first STAT line (its loop
     // test is inverted) and leaves the rest unread; `stats` is checked by raw transcript above.
     client.set("short", "x", 1).unwrap();

@@ -65,8 +65,11 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 /// being buffered.
 const MAX_LOGIN_BYTES: usize = 1024;
 
-/// The version `version` and `stats` report.
-const VERSION: &str = concat!("textkv-", env!("CARGO_PKG_VERSION"));
+/// The version `version` and `stats` report: the memcached release whose protocol textkv
+/// follows comes first, because clients parse it as numbers (libmemcached's tools stop with
+/// "strtol() failed to parse major version" on anything else, and enable features by it),
+/// then textkv's own version.
+pub const VERSION: &str = concat!("1.6.18 textkv-", env!("CARGO_PKG_VERSION"));
 
 /// What the session is in the middle of, between calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
