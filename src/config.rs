@@ -1,6 +1,5 @@
 //! `kvserver`'s command line: every flag, its default and its validation.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,16 +16,17 @@ pub struct Config {
     #[arg(long, default_value = "database.txt")]
     pub db: PathBuf,
 
-    /// Address for the line protocol (nc, telnet, kvclient). Loopback by default; port 0
-    /// picks a free port (the log says which).
+    /// Address for the line protocol (nc, telnet, kvclient): `host:port`, the host an IP
+    /// address or a name resolved at start (every address it resolves to is served).
+    /// Loopback by default; port 0 picks a free port (the log says which).
     #[arg(long, default_value = "127.0.0.1:7878")]
-    pub listen: SocketAddr,
+    pub listen: String,
 
     /// Also serve memcached's ASCII protocol on this address (off unless given), over the same
     /// database and connection cap, so memcached clients and proxies such as twemproxy work
-    /// unchanged. Example: 127.0.0.1:11211. See README, "memcached protocol".
+    /// unchanged. Example: 127.0.0.1:11211 or localhost:11211. See README, "memcached protocol".
     #[arg(long, value_name = "ADDR")]
-    pub memcached: Option<SocketAddr>,
+    pub memcached: Option<String>,
 
     /// When writes are made durable: `always` fsyncs every batch before acknowledging it;
     /// `everysec` acknowledges after write(2) and fsyncs about once a second; `never` leaves

@@ -158,3 +158,35 @@ fn idle_connections_are_closed_after_the_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(transcript(server.addr, b"ping\n"), b"PONG\n");
 }
+
+/// `kvserver` with exactly these arguments (no harness `--listen`), stderr captured.
+fn kvserver_command(db: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(common::KVSERVER);
+    command.arg("--db").arg(db).args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
+    command.stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn listen_and_memcached_accept_host_names() {
+    let (_dir, db) = temp_db();
+    let command = kvserver_command(&db, &["--listen", "localhost:0", "--memcached", "localhost:0"]);
+    let server = Server::start_command(command, &db).unwrap_or_else(|e| panic!("{}", e.log));
+    assert!(server.addr.ip().is_loopback(), "{:?}", server.listeners);
+    assert_eq!(transcript(server.addr, b"ping\n"), b"PONG\n");
+    assert!(transcript(server.listener("memcached"), b"version\r\n").starts_with(b"VERSION "));
+}
+
+#[test]
+fn a_listen_name_that_does_not_resolve_is_a_clear_error() {
+    let (_dir, db) = temp_db();
+    let output = kvserver_command(&db, &["--listen", "no-such-host.invalid:7878"]).output().unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("--listen no-such-host.invalid:7878: cannot resolve the address"), "{log}");
+    let output =
+        kvserver_command(&db, &["--listen", "127.0.0.1:0", "--memcached", "nonsense"]).output().unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("--memcached nonsense: cannot resolve the address"), "{log}");
+}

@@ -2,7 +2,7 @@
 //! reloads the TLS certificate). `kvserver hash-password` makes a users-file line.
 
 use std::io::{self, IsTerminal};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -93,9 +93,10 @@ fn run(config: &Config) -> Result<(), String> {
         stats.load_millis,
         config.fsync
     );
-    let mut listeners = vec![(bind(config.listen, config)?, Protocol::Line)];
-    if let Some(addr) = config.memcached {
-        listeners.push((bind(addr, config)?, Protocol::Memcached));
+    let mut listeners: Vec<(TcpListener, Protocol)> =
+        bind("--listen", &config.listen, config)?.into_iter().map(|l| (l, Protocol::Line)).collect();
+    if let Some(addr) = &config.memcached {
+        listeners.extend(bind("--memcached", addr, config)?.into_iter().map(|l| (l, Protocol::Memcached)));
     }
     let ctx = Arc::new(Context {
         store: Arc::new(store),
@@ -140,8 +141,39 @@ fn run(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr, config: &Config) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+/// Binds every address `host:port` resolves to (a name such as `localhost` may give both
+/// `127.0.0.1` and `::1`). An address that cannot be bound is skipped with a warning as long
+/// as another one can; none at all is an error naming the flag.
+fn bind(flag: &str, host_port: &str, config: &Config) -> Result<Vec<TcpListener>, String> {
+    let mut addrs: Vec<SocketAddr> = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{flag} {host_port}: cannot resolve the address: {e}"))?
+        .collect();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{flag} {host_port}: the name resolves to no address"));
+    }
+    let mut listeners = Vec::new();
+    let mut failures = Vec::new();
+    for addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => {
+                warn_if_exposed(addr, config);
+                listeners.push(listener);
+            }
+            Err(e) => failures.push(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    if listeners.is_empty() {
+        return Err(format!("{flag} {host_port}: {}", failures.join("; ")));
+    }
+    for failure in failures {
+        log::warn!("{flag} {host_port}: {failure}; serving its other addresses");
+    }
+    Ok(listeners)
+}
+
+fn warn_if_exposed(addr: SocketAddr, config: &Config) {
     if !addr.ip().is_loopback() {
         if config.users.is_none() {
             log::warn!(
@@ -156,7 +188,6 @@ fn bind(addr: SocketAddr, config: &Config) -> Result<TcpListener, String> {
             );
         }
     }
-    Ok(listener)
 }
 
 /// `kvserver hash-password`: prints `name:hash:role` for the users file.
