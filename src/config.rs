@@ -48,8 +48,8 @@ pub struct Config {
     pub max_line_bytes: Option<usize>,
 
     /// Seconds a connection may stay silent (or leave replies unread) before it is closed;
-    /// 0 disables the timeout.
-    #[arg(long, default_value_t = 300)]
+    /// 0 (the default, as in memcached and Redis) never closes a connection for that.
+    #[arg(long, default_value_t = 0)]
     pub idle_timeout: u64,
 
     /// Automatic compaction starts only once the file is at least this many bytes…

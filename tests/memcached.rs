@@ -481,3 +481,20 @@ fn a_noreply_store_that_fills_the_queue_keeps_the_replies_before_it() {
     expected.push_str("MN\r\n");
     assert_eq!(text(transcript(addr, &request)), expected);
 }
+
+/// `--idle-timeout` is off by default (memcached and Redis have none): a pooled client that
+/// idles and then sends a `noreply` set must not find its connection silently closed.
+#[test]
+fn the_idle_timeout_is_off_unless_asked_for() {
+    let help = std::process::Command::new(common::KVSERVER).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let option = &help[help.find("--idle-timeout").expect("--idle-timeout is documented")..];
+    let option = &option[..option.find("\n  -").unwrap_or(option.len())];
+    assert!(option.contains("[default: 0]"), "{option}");
+    let (_dir, db) = temp_db();
+    let (_server, addr) = Server::start_memcached(&db, &[]);
+    let mut idle = raw_connect(addr);
+    std::thread::sleep(Duration::from_millis(1500));
+    idle.write_all(b"set k 0 0 1 noreply\r\nx\r\nget k\r\n").unwrap();
+    assert_eq!(text(exchange(&mut idle, b"", b"END\r\n")), "VALUE k 0 1\r\nx\r\nEND\r\n");
+}
