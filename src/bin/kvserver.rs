@@ -14,7 +14,7 @@ use signal_hook::iterator::Signals;
 use textkv::auth::{self, Role, Users};
 use textkv::config::Config;
 use textkv::protocol::Context;
-use textkv::server::{Protocol, Server};
+use textkv::server::{descriptors, Protocol, Server};
 use textkv::stats::ServerStats;
 use textkv::store::Store;
 use textkv::tls::{self, CertStore};
@@ -68,6 +68,8 @@ fn run(config: &Config) -> Result<(), String> {
     signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false))).map_err(|e| e.to_string())?;
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let open_file_limit =
+        descriptors::raise_open_file_limit().map_err(|e| format!("cannot read the open-file limit: {e}"))?;
     let users = match &config.users {
         Some(path) => {
             let users = Users::load(path)?;
@@ -104,7 +106,10 @@ fn run(config: &Config) -> Result<(), String> {
         limits: config.limits(),
         users,
     });
-    let mut server = Server::new(ctx, config.server());
+    let mut server_config = config.server();
+    server_config.max_connections =
+        descriptors::fit_connections(server_config.max_connections, open_file_limit);
+    let mut server = Server::new(ctx, server_config);
     if let Some(certs) = &certs {
         server = server.with_tls(tls::server_config(Arc::clone(certs))?);
     }

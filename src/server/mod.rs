@@ -6,7 +6,15 @@
 //!
 //! Shutdown (SIGINT/SIGTERM in `kvserver`, or [`ShutdownHandle::shutdown`]): the accept loops
 //! stop, every connection's read side is shut so its thread finishes the requests it already
-//! read and exits, then the store drains the writer and fsyncs the log.
+//! read and exits, then the store drains the writer and fsyncs the log. To reach the sockets,
+//! the server keeps a second reference to each (an `Arc<TcpStream>` shared with the
+//! connection's thread), not a second descriptor: a connection costs one descriptor.
+//!
+//! A connection over the cap gets the protocol's "too many connections" reply, delivered
+//! even if it sent a request at once ([`refusal`]). If `accept` itself fails because the
+//! process ran out of descriptors anyway, the accept loop frees a spare descriptor it keeps
+//! for this, accepts and refuses one client with the same reply, takes the spare back and
+//! pauses briefly; accept errors are logged at most once per [`LOG_INTERVAL`], with a count.
 //!
 //! TLS ([`Server::with_tls`]) wraps each accepted stream in a rustls server connection inside
 //! the connection's own thread, so a slow or hostile handshake holds up only that thread
@@ -17,9 +25,12 @@
 //! [`Store`]: crate::store::Store
 
 pub mod connection;
+pub mod descriptors;
+pub mod refusal;
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +42,7 @@ use crate::protocol::line::LineSession;
 use crate::protocol::memcache::MemcacheSession;
 use crate::protocol::{Context, Session};
 use crate::stats::ServerStats;
+use refusal::Refuser;
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +91,16 @@ pub struct ServerConfig {
 /// How long shutdown waits for connections to finish before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Repeated warnings about accepting (refusals, accept errors) are logged at most this often.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Pause after `accept` failed for want of descriptors, so the loop does not spin.
+const DESCRIPTOR_BACKOFF: Duration = Duration::from_millis(10);
+
 struct State {
     stopping: AtomicBool,
-    /// A clone of every open connection, so shutdown can end their reads.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Every open connection's socket, shared with its thread, so shutdown can end its reads.
+    conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_id: AtomicU64,
     listen_addrs: Mutex<Vec<SocketAddr>>,
 }
@@ -141,6 +159,7 @@ impl Server {
         if self.tls.is_some() {
             log::info!("TLS on every listener");
         }
+        let refuser = Refuser::start()?;
         let mut accept_threads = Vec::new();
         for (listener, protocol) in listeners {
             let addr = listener.local_addr()?;
@@ -158,6 +177,10 @@ impl Server {
                 config: self.config,
                 state: Arc::clone(&self.state),
                 tls: self.tls.clone(),
+                refuser: refuser.clone(),
+                spare: spare_descriptor(),
+                refusals_log: RateLimitedLog::default(),
+                errors_log: RateLimitedLog::default(),
             };
             accept_threads.push(
                 std::thread::Builder::new()
@@ -176,12 +199,12 @@ impl Server {
     }
 
     fn drain_connections(&self) {
-        let open: Vec<TcpStream> =
-            self.state.conns.lock().values().filter_map(|s| s.try_clone().ok()).collect();
-        log::info!("shutting down: finishing {} open connections", open.len());
-        for stream in open {
+        let conns = self.state.conns.lock();
+        log::info!("shutting down: finishing {} open connections", conns.len());
+        for stream in conns.values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
+        drop(conns);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while ServerStats::read(&self.ctx.stats.curr_connections) > 0 {
             if Instant::now() > deadline {
@@ -193,6 +216,35 @@ impl Server {
     }
 }
 
+/// A descriptor held only to be given up when `accept` fails with EMFILE, so that one client
+/// can still be accepted and told why it is refused.
+fn spare_descriptor() -> Option<File> {
+    File::open("/dev/null").ok()
+}
+
+/// A warning that may repeat many times a second under attack: logged at most once per
+/// [`LOG_INTERVAL`], saying how many were left out in between.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
+            self.left_out += 1;
+            return;
+        }
+        match std::mem::take(&mut self.left_out) {
+            0 => log::warn!("{}", message()),
+            n => log::warn!("{} ({n} more like it in the last {} s)", message(), LOG_INTERVAL.as_secs()),
+        }
+        self.last = Some(now);
+    }
+}
+
 struct Acceptor {
     listener: TcpListener,
     protocol: Protocol,
@@ -200,41 +252,59 @@ struct Acceptor {
     config: ServerConfig,
     state: Arc<State>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    refuser: Refuser,
+    spare: Option<File>,
+    refusals_log: RateLimitedLog,
+    errors_log: RateLimitedLog,
 }
 
 impl Acceptor {
-    fn run(self) {
-        for stream in self.listener.incoming() {
+    fn run(mut self) {
+        loop {
+            let accepted = self.listener.accept();
             if self.state.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            match stream {
-                Ok(stream) => self.admit(stream),
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning; the listener stays open.
-                    log::warn!("accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+            match accepted {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) => self.accept_failed(&e),
             }
         }
     }
 
-    fn admit(&self, mut stream: TcpStream) {
+    fn accept_failed(&mut self, e: &io::Error) {
+        self.errors_log.warn(|| format!("accept failed: {e}"));
+        if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            return;
+        }
+        // Out of descriptors: use the spare one to tell a waiting client why it is refused.
+        if self.spare.take().is_some() {
+            if let Ok((stream, _)) = self.listener.accept() {
+                ServerStats::bump(&self.ctx.stats.rejected_connections);
+                refusal::refuse_now(&stream, self.protocol.too_many_connections());
+                refusal::drain_arrived(&stream);
+            }
+            self.spare = spare_descriptor();
+        }
+        std::thread::sleep(DESCRIPTOR_BACKOFF);
+    }
+
+    fn admit(&mut self, stream: TcpStream) {
         let stats = &self.ctx.stats;
         let open = stats.curr_connections.fetch_add(1, Ordering::SeqCst) + 1;
         if open > self.config.max_connections {
             stats.curr_connections.fetch_sub(1, Ordering::SeqCst);
             ServerStats::bump(&stats.rejected_connections);
-            log::warn!("refused a connection: {} connections open (--max-connections)", open - 1);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = stream.write_all(self.protocol.too_many_connections());
+            self.refusals_log
+                .warn(|| format!("refused a connection: {} connections open (--max-connections)", open - 1));
+            self.refuser.refuse(stream, self.protocol.too_many_connections());
             return;
         }
         ServerStats::bump(&stats.total_connections);
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let connection = Connection {
             id,
-            stream,
+            stream: Arc::new(stream),
             protocol: self.protocol,
             ctx: Arc::clone(&self.ctx),
             config: self.config,
@@ -251,7 +321,7 @@ impl Acceptor {
 
 struct Connection {
     id: u64,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     protocol: Protocol,
     ctx: Arc<Context>,
     config: ServerConfig,
@@ -287,22 +357,22 @@ impl Connection {
         self.stream.set_nodelay(true)?;
         self.stream.set_read_timeout(self.config.idle_timeout)?;
         self.stream.set_write_timeout(self.config.idle_timeout)?;
-        self.state.conns.lock().insert(self.id, self.stream.try_clone()?);
+        self.state.conns.lock().insert(self.id, Arc::clone(&self.stream));
         if self.state.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
         let mut session = self.protocol.session(&self.ctx, peer);
+        let mut socket: &TcpStream = &self.stream;
         let Some(tls) = &self.tls else {
-            return connection::serve(&mut self.stream, session.as_mut());
+            return connection::serve(&mut socket, session.as_mut());
         };
         let mut tls = rustls::ServerConnection::new(Arc::clone(tls)).map_err(io::Error::other)?;
-        let result =
-            connection::serve(&mut rustls::Stream::new(&mut tls, &mut self.stream), session.as_mut());
+        let result = connection::serve(&mut rustls::Stream::new(&mut tls, &mut socket), session.as_mut());
         if result.is_ok() {
             // Tell the client the stream ended on purpose (not a truncation attack).
             tls.send_close_notify();
             while tls.wants_write() {
-                tls.write_tls(&mut self.stream)?;
+                tls.write_tls(&mut socket)?;
             }
         }
         result
