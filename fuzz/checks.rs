@@ -97,7 +97,8 @@ fn snapshot(index: &Index) -> Model {
 fn load(path: &Path, repair: bool) -> (Result<LoadReport, LoadError>, Model) {
     let index = Index::default();
     let mut cas = 0u64;
-    let result = recovery::load(path, &index, NOW, repair, || {
+    let options = recovery::LoadOptions { now: NOW, repair, max_value_bytes: usize::MAX };
+    let result = recovery::load(path, &index, &options, || {
         cas += 1;
         cas
     });

@@ -60,6 +60,12 @@ pub struct Config {
     #[arg(long, default_value_t = 0.5)]
     pub compact_garbage_ratio: f64,
 
+    /// Disk space kept aside in `<db>.reserve` and released for compaction when the disk is
+    /// full, so that compacting can always free space (for a live set up to this size plus
+    /// what is free). 0 keeps none. See README "Durability".
+    #[arg(long, default_value_t = 16 << 20)]
+    pub compact_reserve_bytes: u64,
+
     /// If the file has a malformed line (other than a torn final line, which is always cut),
     /// copy the file to a backup beside it and truncate it at that line instead of refusing
     /// to start.
@@ -115,6 +121,7 @@ impl Config {
             compact_min_bytes: self.compact_min_bytes,
             compact_garbage_ratio: self.compact_garbage_ratio,
             repair: self.repair,
+            compact_reserve_bytes: self.compact_reserve_bytes,
         }
     }
 

@@ -133,9 +133,9 @@ fn a_second_server_on_the_same_database_is_refused() {
     assert_eq!(conn.call(b"get owner").unwrap(), b"VALUE first", "the first server is unaffected");
     drop(conn);
     first.kill();
-    // The lock is an OS lock on `<db>.lock`, released when its holder dies: any process
-    // holding it (here this test) keeps a server off, and none is left behind by a SIGKILL.
-    let lock = fs::File::open(db.with_file_name("database.txt.lock")).unwrap();
+    // The lock is an OS lock on the database file itself, released when its holder dies: any
+    // process holding it (here this test) keeps a server off, and none outlives a SIGKILL.
+    let lock = fs::File::open(&db).unwrap();
     lock.try_lock().expect("the killed server's lock is gone");
     match Server::try_start(&db, &[]) {
         Ok(_) => panic!("a server opened a database whose lock is held"),

@@ -14,9 +14,12 @@
 //!    complete new one. Writes wait only for this last step. If the directory fsync fails,
 //!    the writer retries it before it acknowledges anything more (`Installed::dir_synced`).
 //!
-//! A temporary file left by a crash is removed at the next start.
+//! A temporary file left by a crash is removed at the next start. The temporary file is
+//! always created afresh (never opened through whatever name was there, see `files`), and
+//! it is locked before the rename, so the lock that keeps a second server off the log
+//! passes to the new log with its name.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use super::files::{create_fresh, remove_if_present, sibling, sync_dir};
 use super::format::encode_set;
 use super::index::SHARDS;
 use super::writer::Msg;
@@ -57,32 +61,17 @@ pub(crate) struct Compaction {
 }
 
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".compact");
-    path.with_file_name(name)
+    sibling(path, ".compact")
 }
 
 /// Removes a temporary file left by a compaction that a crash interrupted: the log it was
 /// meant to replace is still complete.
 pub(crate) fn remove_stale_temp(path: &Path) -> io::Result<()> {
     let temp = temp_path(path);
-    match fs::remove_file(&temp) {
-        Ok(()) => {
-            log::warn!("removed {} left by an interrupted compaction", temp.display());
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    if remove_if_present(&temp)? {
+        log::warn!("removed {} left by an interrupted compaction", temp.display());
     }
-}
-
-/// fsync the directory holding `path`, which makes a rename in it durable.
-pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    Ok(())
 }
 
 impl Compaction {
@@ -126,6 +115,7 @@ impl Compaction {
             let (tail_len, tail_records) =
                 copy_tail(old, snapshot.copied_to, old_len, &snapshot.file, snapshot.len)?;
             snapshot.file.sync_data()?;
+            lock_new_log(&snapshot.file)?;
             fs::rename(&temp, path)?;
             // From here on the new file *is* the log: the writer must switch to it even if the
             // directory fsync fails, and retries that fsync before acknowledging more writes.
@@ -150,6 +140,17 @@ impl Compaction {
     }
 }
 
+/// Takes the lock that keeps other servers off the log on the new log, before it gets the
+/// log's name: a server started at any moment finds whichever file the name leads to locked.
+fn lock_new_log(file: &File) -> io::Result<()> {
+    file.try_lock().map_err(|e| match e {
+        fs::TryLockError::WouldBlock => {
+            io::Error::new(io::ErrorKind::WouldBlock, "another process holds a lock on the compacted file")
+        }
+        fs::TryLockError::Error(e) => e,
+    })
+}
+
 /// Copies `old[from..to]` to `new` at `at` in bounded chunks; returns the bytes and records
 /// (lines) copied.
 fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<(u64, u64)> {
@@ -171,11 +172,9 @@ fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<
 const SYNC_EVERY: u64 = 16 << 20;
 
 fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Snapshot> {
-    let temp = temp_path(path);
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp)?;
     // The new log replaces the old one: it keeps the old one's permissions (a log made
     // private with chmod 600 must not become readable by a compaction).
-    file.set_permissions(fs::metadata(path)?.permissions())?;
+    let file = create_fresh(&temp_path(path), fs::metadata(path)?.permissions())?;
     let now = unix_now();
     let header = format!("# textkv database, compacted at Unix time {now}; one record per line\n");
     file.write_all_at(header.as_bytes(), 0)?;
@@ -227,6 +226,7 @@ fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result
 mod tests {
     use super::*;
     use crate::store::{Store, StoreConfig, StoreMode, WriteOp};
+    use std::fs::OpenOptions;
 
     #[test]
     fn a_compaction_and_its_expiry_sweep_are_not_counted_as_write_batches() {

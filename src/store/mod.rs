@@ -9,15 +9,19 @@
 //! knows nothing about protocols: the line and memcached front ends both speak [`WriteOp`].
 
 mod compaction;
+mod cut;
+mod files;
 pub mod format;
 pub mod index;
 mod mailbox;
 pub mod recovery;
+mod reserve;
 mod writer;
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,6 +74,9 @@ pub struct StoreConfig {
     pub compact_garbage_ratio: f64,
     /// Truncate at the first malformed line (keeping a backup) instead of refusing to start.
     pub repair: bool,
+    /// Disk space kept in `<db>.reserve` for compaction, so that a full disk can still be
+    /// recovered by compacting; 0 keeps none.
+    pub compact_reserve_bytes: u64,
 }
 
 impl StoreConfig {
@@ -82,6 +89,7 @@ impl StoreConfig {
             compact_min_bytes: 16 << 20,
             compact_garbage_ratio: 0.5,
             repair: false,
+            compact_reserve_bytes: 16 << 20,
         }
     }
 }
@@ -184,6 +192,9 @@ pub enum StoreError {
     Io(String),
     /// The store is shutting down.
     Closed,
+    /// The store refuses every write until it is restarted (a failed fsync, or a log file
+    /// changed by someone else); the text says why.
+    Refused(String),
 }
 
 impl fmt::Display for StoreError {
@@ -192,6 +203,7 @@ impl fmt::Display for StoreError {
             StoreError::OutOfSpace => write!(f, "out of disk space"),
             StoreError::Io(e) => write!(f, "I/O error: {e}"),
             StoreError::Closed => write!(f, "server is shutting down"),
+            StoreError::Refused(why) => write!(f, "writes refused until restart: {why}"),
         }
     }
 }
@@ -214,19 +226,19 @@ impl From<&io::Error> for StoreError {
 pub enum OpenError {
     Locked(PathBuf),
     Io(PathBuf, io::Error),
+    /// The path names something the store must not serve (the text says why).
+    Unsuitable(PathBuf, String),
     Load(LoadError),
 }
 
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OpenError::Locked(path) => write!(
-                f,
-                "{} is in use by another kvserver process (its lock file {} is held)",
-                path.display(),
-                lock_path(path).display()
-            ),
+            OpenError::Locked(path) => {
+                write!(f, "{} is in use by another kvserver process (the file is locked)", path.display())
+            }
             OpenError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            OpenError::Unsuitable(path, why) => write!(f, "{}: {why}", path.display()),
             OpenError::Load(e) => e.fmt(f),
         }
     }
@@ -281,8 +293,6 @@ pub struct Store {
     writer: Mutex<Option<JoinHandle<()>>>,
     fsync: FsyncPolicy,
     load_millis: u64,
-    /// Held for the life of the store: the OS lock that keeps a second server off the file.
-    _lock: File,
 }
 
 /// Current time in Unix seconds.
@@ -290,29 +300,86 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    path.with_file_name(name)
+/// The file a database path names: a symbolic link is followed once, here, so that
+/// compaction renames its new log over the real file (not over the link, which would leave
+/// the real file stale) and the lock is taken on the file every name of it shares.
+fn resolve(path: &Path) -> Result<PathBuf, OpenError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let unfollowable = |e: io::Error| {
+                OpenError::Unsuitable(
+                    path.to_path_buf(),
+                    format!("a symbolic link that cannot be followed: {e}"),
+                )
+            };
+            let real = match fs::canonicalize(path) {
+                Ok(real) => real,
+                // A link to a database yet to be created: the file is made where it points.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let target = path
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .join(fs::read_link(path).map_err(unfollowable)?);
+                    let name = target.file_name().ok_or_else(|| unfollowable(e))?.to_owned();
+                    fs::canonicalize(target.parent().unwrap_or(Path::new(".")))
+                        .map_err(unfollowable)?
+                        .join(name)
+                }
+                Err(e) => return Err(unfollowable(e)),
+            };
+            log::info!("{} is a symbolic link to {}: serving that file", path.display(), real.display());
+            Ok(real)
+        }
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Opens (creating if missing) the log and takes an exclusive OS lock on the file itself,
+/// so a second server is kept off it under any name (another path, a symbolic or a hard
+/// link) and no lock file can be deleted from under a running server. The lock lives as
+/// long as the writer's handle on the log; compaction locks the new log before it renames
+/// it into place.
+fn open_locked(path: &Path) -> Result<File, OpenError> {
+    let io_err = |e| OpenError::Io(path.to_path_buf(), e);
+    let existed = path.exists();
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::Unsuitable(path.to_path_buf(), "not a regular file".into()));
+    }
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(path.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    // Compaction replaces the file by rename: another hard link would keep the old contents
+    // under its name, and a server started on it later would silently lose every write since.
+    if meta.nlink() > 1 {
+        return Err(OpenError::Unsuitable(
+            path.to_path_buf(),
+            format!(
+                "has {} hard links; compaction replaces the file, which would leave the other names \
+                 stale: remove the extra links (a symbolic link is fine)",
+                meta.nlink()
+            ),
+        ));
+    }
+    if !existed {
+        // A new file's directory entry is durable only once its directory is synced.
+        file.sync_all().and_then(|()| files::sync_dir(path)).map_err(io_err)?;
+    }
+    Ok(file)
 }
 
 impl Store {
     /// Locks, loads and opens the database, and starts the writer thread.
-    pub fn open(config: StoreConfig) -> Result<Store, OpenError> {
+    pub fn open(mut config: StoreConfig) -> Result<Store, OpenError> {
+        config.path = resolve(&config.path)?;
         let path = config.path.clone();
         let io_err = |e| OpenError::Io(path.clone(), e);
-        let lock_file = lock_path(&path);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_file)
-            .map_err(|e| OpenError::Io(lock_file.clone(), e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(path)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::Io(lock_file, e)),
-        }
+        let file = open_locked(&path)?;
+        cut::finish_recorded(&path, &file).map_err(io_err)?;
         compaction::remove_stale_temp(&path).map_err(io_err)?;
 
         let started = Instant::now();
@@ -320,15 +387,21 @@ impl Store {
         // CAS uniques come from one clock-driven counter (see `writer`): loaded items continue
         // it from the current time, so no unique handed out before this start is reissued.
         let mut last_cas = writer::now_micros();
-        let report = recovery::load(&path, &index, unix_now(), config.repair, || {
+        let options = recovery::LoadOptions {
+            now: unix_now(),
+            repair: config.repair,
+            max_value_bytes: config.max_value_bytes,
+        };
+        let report = recovery::load(&path, &index, &options, || {
             last_cas += 1;
             last_cas
         })
         .map_err(OpenError::Load)?;
+        // What was loaded is served: after a crash of an `everysec`/`never` run it may still
+        // sit only in the page cache, where a power loss could take back values clients have
+        // now read. Make it durable first.
+        file.sync_all().and_then(|()| files::sync_dir(&path)).map_err(io_err)?;
         let load_millis = started.elapsed().as_millis() as u64;
-
-        // Read access too: compaction copies its tail out of this file.
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err)?;
         let shared =
             Arc::new(Shared { index, counters: Counters::default(), writer_alive: AtomicBool::new(true) });
         let live = shared.index.len() as u64;
@@ -349,14 +422,7 @@ impl Store {
         .map_err(io_err)?;
         let handle =
             std::thread::Builder::new().name("writer".into()).spawn(move || writer.run()).map_err(io_err)?;
-        Ok(Store {
-            shared,
-            tx,
-            writer: Mutex::new(Some(handle)),
-            fsync: config.fsync,
-            load_millis,
-            _lock: lock,
-        })
+        Ok(Store { shared, tx, writer: Mutex::new(Some(handle)), fsync: config.fsync, load_millis })
     }
 
     /// The live item under `key`.

@@ -8,13 +8,18 @@
 //!   silently dropping acknowledged data, so loading stops with `path:line: reason`.
 //! - The same with `repair`: a backup copy of the whole file is kept beside it and the file is
 //!   truncated at the first bad line.
+//!
+//! Values are checked against what an item can hold: a value of 4 GiB or more (the index
+//! keeps lengths in 32 bits) is a bad line like any other; a value larger than
+//! `--max-value-bytes` (a limit lowered since it was written) is loaded as it is, with a
+//! warning naming its line, because it was acknowledged and dropping it would lose it.
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use super::compaction::sync_dir;
+use super::files::sync_dir;
 use super::format::{FormatError, RecordRef};
 use super::index::{is_expired, Index, ItemRef};
 use super::unix_now;
@@ -32,11 +37,41 @@ pub struct LoadReport {
     pub backup: Option<PathBuf>,
 }
 
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Unix time: items expired by then are not loaded.
+    pub now: u64,
+    /// Truncate at the first malformed line (keeping a backup) instead of failing.
+    pub repair: bool,
+    /// Values larger than this are loaded with a warning.
+    pub max_value_bytes: usize,
+}
+
+/// Why a line cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadLine {
+    Format(FormatError),
+    /// The value is too large for an item (4 GiB or more).
+    ValueTooLarge(usize),
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadLine::Format(e) => e.fmt(f),
+            BadLine::ValueTooLarge(len) => {
+                write!(f, "value of {len} bytes is larger than an item can hold (4 GiB)")
+            }
+        }
+    }
+}
+
 /// Why the database could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
     Io(io::Error),
-    Corrupt { path: PathBuf, line: u64, reason: FormatError },
+    Corrupt { path: PathBuf, line: u64, reason: BadLine },
 }
 
 impl fmt::Display for LoadError {
@@ -65,10 +100,10 @@ impl From<io::Error> for LoadError {
 pub fn load(
     path: &Path,
     index: &Index,
-    now: u64,
-    repair: bool,
+    options: &LoadOptions,
     mut next_cas: impl FnMut() -> u64,
 ) -> Result<LoadReport, LoadError> {
+    let LoadOptions { now, repair, max_value_bytes } = *options;
     let existed = path.exists();
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
     if !existed {
@@ -100,8 +135,17 @@ pub fn load(
         }
         let content = strip_line_ending(&line);
         if !is_comment_or_blank(content) {
-            match RecordRef::parse(content) {
+            match RecordRef::parse(content).map_err(BadLine::Format).and_then(check_value_size) {
                 Ok(record) => {
+                    if let RecordRef::Set { value, .. } = &record {
+                        if value.len() > max_value_bytes {
+                            log::warn!(
+                                "{}:{line_number}: value of {} bytes is larger than --max-value-bytes ({max_value_bytes}); loaded as it is",
+                                path.display(),
+                                value.len()
+                            );
+                        }
+                    }
                     apply(index, record, now, &mut next_cas);
                     report.records += 1;
                 }
@@ -128,6 +172,16 @@ pub fn load(
     }
     report.file_len = offset;
     Ok(report)
+}
+
+/// The index keeps value lengths in 32 bits.
+fn check_value_size(record: RecordRef<'_>) -> Result<RecordRef<'_>, BadLine> {
+    match &record {
+        RecordRef::Set { value, .. } if u32::try_from(value.len()).is_err() => {
+            Err(BadLine::ValueTooLarge(value.len()))
+        }
+        _ => Ok(record),
+    }
 }
 
 /// Lines are `\n`-terminated; a `\r` before it (a file edited on Windows) is tolerated.
@@ -183,6 +237,29 @@ fn write_backup(path: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    fn repairing() -> LoadOptions {
+        LoadOptions { now: 0, repair: true, max_value_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn a_value_an_item_cannot_hold_is_a_bad_line_not_a_panic() {
+        // 4 GiB of zeros: calloc-backed, so no memory is touched.
+        let huge = Cow::Owned(vec![0u8; 1 << 32]);
+        let record = RecordRef::Set { key: b"k", value: huge, flags: 0, expires_at: 0 };
+        let err = check_value_size(record).unwrap_err();
+        assert_eq!(err, BadLine::ValueTooLarge(1 << 32));
+        assert!(err.to_string().contains("larger than an item can hold"), "{err}");
+    }
+
+    #[test]
+    fn a_value_over_the_limit_loads_with_a_warning() {
+        let (report, index, _) =
+            load_text(format!("set a {}\n", "x".repeat((1 << 20) + 1)).as_bytes(), false);
+        report.unwrap();
+        assert_eq!(index.get(b"a", 1000).unwrap().value.len(), (1 << 20) + 1);
+    }
 
     fn load_text(text: &[u8], repair: bool) -> (Result<LoadReport, LoadError>, Index, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
@@ -190,7 +267,8 @@ mod tests {
         fs::write(&path, text).unwrap();
         let index = Index::default();
         let mut cas = 0;
-        let result = load(&path, &index, 1000, repair, || {
+        let options = LoadOptions { now: 1000, repair, max_value_bytes: 1 << 20 };
+        let result = load(&path, &index, &options, || {
             cas += 1;
             cas
         });
@@ -241,7 +319,7 @@ mod tests {
         let original = b"set a 1\nset b \\q\nset c 3\n";
         fs::write(&path, original).unwrap();
         let index = Index::default();
-        let report = load(&path, &index, 0, true, || 1).unwrap();
+        let report = load(&path, &index, &repairing(), || 1).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"set a 1\n");
         assert_eq!(fs::read(report.backup.unwrap()).unwrap(), original);
         assert!(index.get(b"a", 0).is_some());
@@ -262,7 +340,7 @@ mod tests {
         let original = b"set a 1\nset c \\q\nset d 4\n";
         fs::write(&path, original).unwrap();
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let backup = load(&path, &Index::default(), 0, true, || 1).unwrap().backup.unwrap();
+        let backup = load(&path, &Index::default(), &repairing(), || 1).unwrap().backup.unwrap();
         assert!(backup.to_string_lossy().ends_with("-2.bak"), "{}", backup.display());
         assert_eq!(fs::read(&backup).unwrap(), original);
         let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&backup).unwrap().permissions());

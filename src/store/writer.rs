@@ -9,8 +9,16 @@
 //!
 //! A failed append or fsync (full disk, I/O error) is undone by truncating the file back to
 //! where the batch started; the batch is answered with the error and nothing of it reaches
-//! the index. If even the truncation fails, every later batch first retries it, so a half
-//! record can never end up in the middle of the log.
+//! the index. If even the truncation fails, the length to cut back to is recorded in a
+//! marker file and the cut is retried before the next write, at shutdown and at the next
+//! start (see `cut`), so an error reply means the write did not happen, also after a restart.
+//!
+//! A failed fsync is never retried: Linux may drop the dirty pages and clear the error, so
+//! a second fsync could succeed and acknowledge data that is gone (PostgreSQL's "fsyncgate").
+//! From then on every write is refused until the server is restarted and recovery decides,
+//! from what is really in the file, what is there. The same happens when the log turns out
+//! to have been changed by another process (its length or identity is not what the writer
+//! made it): writing on would overwrite what the other process wrote.
 //!
 //! CAS uniques come from a hybrid clock: `max(now in µs, last + 1)`, continued from the
 //! uniques given to the items loaded at start-up, so they keep growing across restarts
@@ -29,9 +37,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::compaction::{self, Compaction};
+use super::cut;
+use super::files::{self, sync_dir};
 use super::format::{encode_del, encode_flush, encode_set, parse_number, MAX_EXPIRES_AT};
 use super::index::{Item, ItemRef};
 use super::mailbox::{wake_all, Mailbox, Reply};
+use super::reserve::Reserve;
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, StoreMode, WriteOp, WriteOutcome};
 
 /// Most writes, and most key and value bytes, taken into one batch: bound the batch buffer
@@ -41,6 +52,15 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// How often expired items are dropped from memory (also after every compaction).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// After a failed compaction, automatic compaction waits this long before trying again,
+/// doubling up to `MAX_COMPACT_BACKOFF`: on a nearly full disk each attempt's temporary file
+/// takes the space writes need.
+const FIRST_COMPACT_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_COMPACT_BACKOFF: Duration = Duration::from_secs(600);
+
+/// How often the writer checks that the log's name still leads to the file it writes.
+const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) enum Msg {
     Write {
@@ -74,14 +94,19 @@ enum Pending {
 pub(crate) struct SyncTarget {
     file: Mutex<Arc<File>>,
     dirty: AtomicBool,
+    /// A background fsync failed: the writer refuses writes from then on (never retried).
+    failed: Mutex<Option<String>>,
 }
 
 pub(crate) struct Writer {
     path: PathBuf,
     file: Arc<File>,
     file_len: u64,
-    /// A failed batch whose truncation also failed: retry before writing anything else.
-    needs_truncate: bool,
+    /// A failed batch whose cut-back also failed: retry before writing anything else.
+    needs_cut: bool,
+    /// Why every write is refused until restart (a failed fsync, a log changed by others).
+    refusal: Option<String>,
+    last_identity_check: Instant,
     /// The directory fsync after a compaction's rename failed: retry it before anything
     /// more is acknowledged, or the new log's name might not survive a power loss.
     needs_dir_sync: bool,
@@ -95,6 +120,10 @@ pub(crate) struct Writer {
     records: u64,
     live_keys: u64,
     compaction: Option<Compaction>,
+    reserve: Arc<Reserve>,
+    /// Automatic compaction waits until then after a failure.
+    auto_compact_not_before: Instant,
+    compact_backoff: Duration,
     sync_target: Arc<SyncTarget>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
@@ -125,18 +154,25 @@ impl Writer {
         rx: Receiver<Msg>,
     ) -> io::Result<Writer> {
         let file = Arc::new(file);
-        let sync_target =
-            Arc::new(SyncTarget { file: Mutex::new(Arc::clone(&file)), dirty: AtomicBool::new(false) });
+        let sync_target = Arc::new(SyncTarget {
+            file: Mutex::new(Arc::clone(&file)),
+            dirty: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        });
         if config.fsync == FsyncPolicy::Everysec {
             let target = Arc::clone(&sync_target);
             std::thread::Builder::new().name("syncer".into()).spawn(move || run_syncer(&target))?;
         }
+        let reserve = Reserve::new(&config.path, config.compact_reserve_bytes);
+        reserve.fill();
         let counters = &shared.counters;
         Ok(Writer {
             path: config.path.clone(),
             file,
             file_len,
-            needs_truncate: false,
+            needs_cut: false,
+            refusal: None,
+            last_identity_check: Instant::now(),
             needs_dir_sync: false,
             last_sweep: Instant::now(),
             fsync: config.fsync,
@@ -148,6 +184,9 @@ impl Writer {
             live_keys: counters.live_keys.load(Ordering::Relaxed),
             shared,
             compaction: None,
+            reserve: Arc::new(reserve),
+            auto_compact_not_before: Instant::now(),
+            compact_backoff: FIRST_COMPACT_BACKOFF,
             sync_target,
             tx,
             rx,
@@ -198,6 +237,15 @@ impl Writer {
             }
             self.maybe_auto_compact();
         }
+        if self.needs_cut {
+            match cut::cut_to(&self.path, &self.file, self.file_len) {
+                Ok(()) => log::info!("cut the refused write off {} at shutdown", self.path.display()),
+                Err(e) => log::error!(
+                    "could not cut the refused write off {} at shutdown ({e}); the next start will",
+                    self.path.display()
+                ),
+            }
+        }
         match self.file.sync_data() {
             Ok(()) => log::info!("writer stopped; {} is synced", self.path.display()),
             Err(e) => log::error!("final fsync of {} failed: {e}", self.path.display()),
@@ -246,13 +294,13 @@ impl Writer {
         }
 
         if !buf.is_empty() {
-            if let Err(e) = self.append(&buf) {
-                if writes.len() > 1 {
+            if let Err(error) = self.append(&buf) {
+                if writes.len() > 1 && error == StoreError::OutOfSpace {
                     // One write too large for the space left must not sink the rest of its
                     // batch: decide and commit each one on its own (nothing of the failed
                     // batch reached the file or the index).
                     log::warn!(
-                        "batch write to {} failed ({e}); retrying its writes one by one",
+                        "batch write to {} failed ({error}); retrying its writes one by one",
                         self.path.display()
                     );
                     for write in std::mem::take(writes) {
@@ -260,8 +308,11 @@ impl Writer {
                     }
                     return;
                 }
-                let error = StoreError::from(&e);
-                log::error!("write to {} failed, {} writes refused: {e}", self.path.display(), writes.len());
+                log::error!(
+                    "write to {} failed, {} writes refused: {error}",
+                    self.path.display(),
+                    writes.len()
+                );
                 self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 let count = writes.len();
                 answer(writes, std::iter::repeat_n(Err(error), count));
@@ -423,48 +474,131 @@ impl Writer {
     }
 
     /// Appends `buf` at the end of the log and makes it as durable as the policy asks. On
-    /// failure the file is cut back to its previous length.
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.needs_truncate {
-            self.file.set_len(self.file_len)?;
-            self.needs_truncate = false;
+    /// failure nothing of `buf` stays in the log (or, if the cut-back fails, the cut is
+    /// recorded and pending; see the module doc).
+    fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        if self.refusal.is_none() {
+            let failed = self.sync_target.failed.lock().clone();
+            if let Some(why) = failed {
+                self.refuse(why);
+            }
+        }
+        if let Some(why) = &self.refusal {
+            return Err(StoreError::Refused(why.clone()));
+        }
+        if self.needs_cut {
+            cut::cut_to(&self.path, &self.file, self.file_len).map_err(|e| StoreError::from(&e))?;
+            self.needs_cut = false;
+            log::info!("cut the refused write off {}; writing again", self.path.display());
         }
         if self.needs_dir_sync {
-            compaction::sync_dir(&self.path)?;
+            sync_dir(&self.path).map_err(|e| StoreError::from(&e))?;
             self.needs_dir_sync = false;
         }
-        let result = self.file.write_all_at(buf, self.file_len).and_then(|()| match self.fsync {
+        self.check_the_file_is_ours()?;
+        if let Err(e) = self.file.write_all_at(buf, self.file_len) {
+            self.cut_back();
+            return Err(StoreError::from(&e));
+        }
+        match self.fsync {
             FsyncPolicy::Always => {
                 self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.file.sync_data()
-            }
-            FsyncPolicy::Everysec => {
-                self.sync_target.dirty.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            FsyncPolicy::Never => Ok(()),
-        });
-        match result {
-            Ok(()) => {
-                self.file_len += buf.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                if let Err(truncate_error) = self.file.set_len(self.file_len) {
-                    log::error!("could not cut a failed write off {}: {truncate_error}", self.path.display());
-                    self.needs_truncate = true;
+                if let Err(e) = self.file.sync_data() {
+                    self.refuse(format!("an fsync of {} failed ({e})", self.path.display()));
+                    self.cut_back();
+                    return Err(StoreError::from(&e));
                 }
-                Err(e)
             }
+            FsyncPolicy::Everysec => self.sync_target.dirty.store(true, Ordering::Relaxed),
+            FsyncPolicy::Never => {}
+        }
+        self.file_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// From now on every write is refused, until restart.
+    fn refuse(&mut self, why: String) {
+        log::error!("{why}: refusing every write until the server is restarted");
+        self.refusal = Some(why);
+    }
+
+    /// Cuts the log back to its acknowledged length after a failed append; if that fails,
+    /// records the cut durably so that it happens before the next write or the next start.
+    fn cut_back(&mut self) {
+        let Err(e) = cut::cut_to(&self.path, &self.file, self.file_len) else { return };
+        self.needs_cut = true;
+        log::error!("could not cut a refused write off {}: {e}", self.path.display());
+        match cut::record(&self.path, self.file_len) {
+            Ok(()) => log::warn!(
+                "recorded in {} that {} must be cut back to {} bytes: retried before the next write, at \
+                 shutdown and at the next start",
+                cut::marker_path(&self.path).display(),
+                self.path.display(),
+                self.file_len
+            ),
+            Err(e) => log::error!(
+                "could not record the pending cut in {} either ({e}): if the server stops before a cut \
+                 succeeds, the refused write may be replayed at the next start",
+                cut::marker_path(&self.path).display()
+            ),
+        }
+    }
+
+    /// Refuses to write into a log someone else changed: its length must be the one the
+    /// writer left (one fstat per batch), and its name must still lead to the file being
+    /// written (checked about once a second). Appending past a line added by hand would
+    /// overwrite it, and writing to a file renamed or deleted away would lose every write.
+    fn check_the_file_is_ours(&mut self) -> Result<(), StoreError> {
+        let meta = self.file.metadata().map_err(|e| StoreError::from(&e))?;
+        let mut changed = None;
+        if meta.len() != self.file_len {
+            changed = Some(format!(
+                "{} was changed by another process (it is {} bytes long, this server wrote {})",
+                self.path.display(),
+                meta.len(),
+                self.file_len
+            ));
+        } else if self.last_identity_check.elapsed() >= IDENTITY_CHECK_EVERY {
+            use std::os::unix::fs::MetadataExt;
+            self.last_identity_check = Instant::now();
+            let same = std::fs::metadata(&self.path)
+                .is_ok_and(|named| (named.dev(), named.ino()) == (meta.dev(), meta.ino()));
+            if !same {
+                changed = Some(format!(
+                    "{} no longer names the file this server writes (it was replaced, moved or deleted)",
+                    self.path.display()
+                ));
+            }
+        }
+        match changed {
+            Some(why) => {
+                self.refuse(format!("{why}; restart the server to load the file as it is now"));
+                Err(StoreError::Refused(self.refusal.clone().unwrap_or_default()))
+            }
+            None => Ok(()),
         }
     }
 
     fn maybe_auto_compact(&mut self) {
         if self.compaction.is_none()
             && !self.stopping
+            && Instant::now() >= self.auto_compact_not_before
             && self.file_len >= self.compact_min_bytes
             && garbage_ratio(self.records, self.live_keys) > self.compact_garbage_ratio
         {
+            // The copy holds about the live share of the log; one that cannot fit would only
+            // take the room writes need until it fails.
+            let needed = (self.file_len as f64 * (1.0 - garbage_ratio(self.records, self.live_keys))) as u64;
+            let room =
+                files::free_bytes(&self.path).unwrap_or(u64::MAX).saturating_add(self.reserve.held_bytes());
+            if needed.saturating_add(needed / 8) > room {
+                log::warn!(
+                    "automatic compaction postponed: its copy needs about {needed} bytes and {room} are free \
+                     (reserve included)"
+                );
+                self.back_off_compaction();
+                return;
+            }
             log::info!(
                 "starting automatic compaction: {} bytes, {} records, {} live",
                 self.file_len,
@@ -476,9 +610,20 @@ impl Writer {
     }
 
     fn start_compaction(&mut self, reply: Option<Sender<Result<(), StoreError>>>) {
-        if self.stopping {
+        // A pending cut or a refusal means the log's end is in doubt: a compaction would
+        // copy it (or replace a file someone else wrote).
+        let refused = if self.stopping {
+            Some(StoreError::Closed)
+        } else if let Some(why) = &self.refusal {
+            Some(StoreError::Refused(why.clone()))
+        } else if self.needs_cut {
+            Some(StoreError::Io("a refused write is still to be cut off the log".into()))
+        } else {
+            None
+        };
+        if let Some(error) = refused {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(StoreError::Closed));
+                let _ = reply.send(Err(error));
             }
             return;
         }
@@ -497,6 +642,7 @@ impl Writer {
                 }
                 Err((e, reply)) => {
                     log::error!("could not start compaction: {e}");
+                    self.back_off_compaction();
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(StoreError::from(&e)));
                     }
@@ -516,10 +662,17 @@ impl Writer {
                 self.file = Arc::new(installed.file);
                 self.file_len = installed.len;
                 self.records = installed.records;
-                self.needs_truncate = false;
                 self.needs_dir_sync = !installed.dir_synced;
                 *self.sync_target.file.lock() = Arc::clone(&self.file);
                 self.shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
+                self.compact_backoff = FIRST_COMPACT_BACKOFF;
+                let reserve = Arc::clone(&self.reserve);
+                // Written again off the write path: it is up to --compact-reserve-bytes of I/O.
+                if let Err(e) =
+                    std::thread::Builder::new().name("reserve".into()).spawn(move || reserve.fill())
+                {
+                    log::warn!("could not start refilling the disk reserve: {e}");
+                }
                 self.sweep_expired();
                 log::info!(
                     "compacted {}: {old_len} -> {} bytes, {} records; writes held {} ms for the switch",
@@ -530,8 +683,25 @@ impl Writer {
                 );
                 Ok(())
             }
+            Err(e) if StoreError::from(&e) == StoreError::OutOfSpace && self.reserve.release() => {
+                log::warn!(
+                    "compaction of {} ran out of disk space ({e}): released the disk reserve, retrying",
+                    self.path.display()
+                );
+                self.start_compaction(None);
+                match &mut self.compaction {
+                    Some(retry) => {
+                        for waiter in waiters {
+                            retry.add_waiter(Some(waiter));
+                        }
+                        return;
+                    }
+                    None => Err(StoreError::from(&e)),
+                }
+            }
             Err(e) => {
                 log::error!("compaction of {} failed, keeping the old log: {e}", self.path.display());
+                self.back_off_compaction();
                 Err(StoreError::from(&e))
             }
         };
@@ -539,6 +709,12 @@ impl Writer {
         for waiter in waiters {
             let _ = waiter.send(reply.clone());
         }
+    }
+
+    fn back_off_compaction(&mut self) {
+        self.auto_compact_not_before = Instant::now() + self.compact_backoff;
+        log::warn!("automatic compaction paused for {} s after the failure", self.compact_backoff.as_secs());
+        self.compact_backoff = (self.compact_backoff * 2).min(MAX_COMPACT_BACKOFF);
     }
 
     /// Drops expired items from the index. Their records stay in the log until the next
@@ -572,8 +748,9 @@ fn run_syncer(target: &Arc<SyncTarget>) {
         if target.dirty.swap(false, Ordering::Relaxed) {
             let file = Arc::clone(&target.file.lock());
             if let Err(e) = file.sync_data() {
-                log::error!("background fsync failed: {e}");
-                target.dirty.store(true, Ordering::Relaxed);
+                // Not retried: a second fsync may succeed after the kernel dropped the pages.
+                *target.failed.lock() = Some(format!("a background fsync failed ({e})"));
+                return;
             }
         }
     }
