@@ -41,6 +41,40 @@ pub struct CacheCounters {
     pub store_too_large: AtomicU64,
 }
 
+impl CacheCounters {
+    /// Every counter with its memcached name, in the order `stats` lists them.
+    pub fn named(&self) -> [(&'static str, &AtomicU64); 19] {
+        [
+            ("cmd_get", &self.cmd_get),
+            ("cmd_set", &self.cmd_set),
+            ("cmd_flush", &self.cmd_flush),
+            ("cmd_touch", &self.cmd_touch),
+            ("cmd_meta", &self.cmd_meta),
+            ("get_hits", &self.get_hits),
+            ("get_misses", &self.get_misses),
+            ("delete_misses", &self.delete_misses),
+            ("delete_hits", &self.delete_hits),
+            ("incr_misses", &self.incr_misses),
+            ("incr_hits", &self.incr_hits),
+            ("decr_misses", &self.decr_misses),
+            ("decr_hits", &self.decr_hits),
+            ("cas_misses", &self.cas_misses),
+            ("cas_hits", &self.cas_hits),
+            ("cas_badval", &self.cas_badval),
+            ("touch_hits", &self.touch_hits),
+            ("touch_misses", &self.touch_misses),
+            ("store_too_large", &self.store_too_large),
+        ]
+    }
+
+    /// memcached's `stats reset`: every counter back to 0.
+    pub fn reset(&self) {
+        for (_, counter) in self.named() {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Default for ServerStats {
     fn default() -> Self {
         ServerStats {

@@ -498,3 +498,88 @@ fn the_idle_timeout_is_off_unless_asked_for() {
     idle.write_all(b"set k 0 0 1 noreply\r\nx\r\nget k\r\n").unwrap();
     assert_eq!(text(exchange(&mut idle, b"", b"END\r\n")), "VALUE k 0 1\r\nx\r\nEND\r\n");
 }
+
+/// The `stats` groups and admin commands tools use, in memcached's shape (see the `admin`
+/// module), and memcached's exact errors for what textkv leaves out.
+#[test]
+fn stats_groups_and_admin_commands() {
+    let (_dir, db) = temp_db();
+    let (_server, addr) = Server::start_memcached(&db, &[]);
+    let mut mc = raw_connect(addr);
+    exchange(&mut mc, b"set foo 5 0 3\r\nbar\r\nset baz 0 0 10\r\n0123456789\r\nget foo\r\n", b"END\r\n");
+    let stat = |mc: &mut TcpStream, group: &str, name: &str| -> String {
+        let reply = text(exchange(mc, format!("stats {group}\r\n").as_bytes(), b"END\r\n"));
+        let prefix = format!("STAT {name} ");
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} in {reply}"))
+            .into()
+    };
+    assert_eq!(stat(&mut mc, "items", "items:1:number"), "2");
+    assert_eq!(stat(&mut mc, "items", "items:1:evicted"), "0");
+    assert_eq!(stat(&mut mc, "slabs", "1:used_chunks"), "2");
+    assert_eq!(stat(&mut mc, "slabs", "1:get_hits"), "1");
+    assert_eq!(stat(&mut mc, "slabs", "total_malloced"), "19");
+    assert_eq!(stat(&mut mc, "settings", "item_size_max"), "1048576");
+    assert_eq!(stat(&mut mc, "settings", "evictions"), "off");
+    assert_eq!(stat(&mut mc, "sizes", "sizes_status"), "disabled");
+    let port = mc.local_addr().unwrap().port();
+    let conns = text(exchange(&mut mc, b"stats conns\r\n", b"END\r\n"));
+    let mine = conns.lines().find(|l| l.ends_with(&format!(":addr tcp:127.0.0.1:{port}"))).expect(&conns);
+    let id = &mine["STAT ".len()..mine.find(':').unwrap()];
+    assert!(conns.contains(&format!("STAT {id}:state conn_parse_cmd\r\n")), "{conns}");
+
+    assert_eq!(stat(&mut mc, "", "get_hits"), "1");
+    assert_eq!(text(exchange(&mut mc, b"stats reset\r\n", b"\r\n")), "RESET\r\n");
+    assert_eq!(stat(&mut mc, "", "get_hits"), "0");
+    assert_eq!(stat(&mut mc, "", "curr_items"), "2", "stats reset keeps the data");
+
+    let mut dump = text(exchange(&mut mc, b"stats cachedump 1 0\r\n", b"END\r\n"));
+    let mut lines: Vec<&str> = dump.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["END", "ITEM baz [10 b; 0 s]", "ITEM foo [3 b; 0 s]"]);
+    assert_eq!(text(exchange(&mut mc, b"stats cachedump 2 0\r\n", b"END\r\n")), "END\r\n");
+    dump = text(exchange(&mut mc, b"lru_crawler metadump all\r\n", b"END\r\n"));
+    let foo = dump.lines().find(|l| l.starts_with("key=foo ")).expect(&dump);
+    assert!(foo.starts_with("key=foo exp=-1 la=0 cas=") && foo.ends_with(" fetch=no cls=1 size=6"), "{foo}");
+    let me = text(exchange(&mut mc, b"me foo\r\nme nokey\r\n", b"EN\r\n"));
+    assert!(
+        me.starts_with("ME foo exp=-1 la=0 cas=") && me.ends_with(" fetch=no cls=1 size=6\r\nEN\r\n"),
+        "{me}"
+    );
+    assert_eq!(
+        text(exchange(
+            &mut mc,
+            b"cache_memlimit 100\r\ncache_memlimit 4\r\ncache_memlimit 100 noreply\r\nstats detail dump\r\n\
+              stats bogus\r\nlru_crawler metadump 99\r\nlru_crawler crawl all\r\nstats cachedump 64 1\r\nmn\r\n",
+            b"MN\r\n"
+        )),
+        "OK\r\nMEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n\
+         CLIENT_ERROR usage: stats detail on|off|dump\r\nERROR\r\nBADCLASS invalid class id\r\nERROR\r\n\
+         CLIENT_ERROR Illegal slab id\r\nMN\r\n"
+    );
+}
+
+/// A listing of many keys goes out a part at a time through the connection (which calls the
+/// session again without new input), complete and followed by the pipelined request after it.
+#[test]
+fn a_metadump_of_many_keys_is_complete_and_in_order() {
+    let (_dir, db) = temp_db();
+    let (_server, addr) = Server::start_memcached(&db, &["--fsync", "never"]);
+    let mut mc = raw_connect(addr);
+    let keys = 5_000;
+    let mut sets = Vec::new();
+    for i in 0..keys {
+        sets.extend_from_slice(format!("set k{i} 0 0 20 noreply\r\n{:020}\r\n", i).as_bytes());
+    }
+    sets.extend_from_slice(b"mn\r\n");
+    exchange(&mut mc, &sets, b"MN\r\n");
+    let dump = text(exchange(&mut mc, b"lru_crawler metadump all\r\nmn\r\n", b"END\r\nMN\r\n"));
+    let mut listed: Vec<&str> =
+        dump.lines().filter_map(|l| l.strip_prefix("key=")).map(|l| &l[..l.find(' ').unwrap()]).collect();
+    listed.sort_unstable();
+    listed.dedup();
+    assert_eq!(listed.len(), keys);
+    assert_eq!(dump.lines().count(), keys + 2);
+}

@@ -84,6 +84,13 @@ fn tools_round_trip(binary: bool) {
     assert!(stats.contains("version: 1.6.18"), "memcstat parses the version: {stats}");
     assert!(stats.contains("curr_items: 2"), "memcstat shows real counters: {stats}");
 
+    if !binary {
+        // memcdump lists keys with `stats cachedump <class> 0` (it has no --binary).
+        let mut dumped: Vec<String> = ok("memcdump", addr, &[]).lines().map(str::to_string).collect();
+        dumped.sort();
+        assert_eq!(dumped, ["greeting.txt", "other"]);
+    }
+
     ok("memcrm", addr, &with(&["other"]));
     assert_eq!(call(&mut mc, "get other\r\n", "END\r\n"), "END\r\n");
 

@@ -45,6 +45,14 @@ pub trait Session: Send {
     /// Stops early once `out` holds [`FLUSH_THRESHOLD`] bytes. A session must never leave
     /// more than its own line limit unconsumed, so the connection's buffer stays bounded.
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress;
+
+    /// Whether the session has more replies to produce for requests it already consumed (a
+    /// listing of every key, answered [`FLUSH_THRESHOLD`] bytes at a time): the connection
+    /// then writes out what it has and calls [`Session::process`] again, without waiting for
+    /// input.
+    fn has_more(&self) -> bool {
+        false
+    }
 }
 
 use std::sync::Arc;

@@ -50,7 +50,7 @@ pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::
             if progress.close {
                 return stream.flush();
             }
-            if progress.consumed == 0 || start == end {
+            if (progress.consumed == 0 || start == end) && !session.has_more() {
                 break;
             }
         }

@@ -441,6 +441,13 @@ impl Store {
         self.shared.index.keys(prefix, unix_now())
     }
 
+    /// Visits the live items of index shard `shard` (0..[`index::SHARDS`]) under that shard's
+    /// read lock: listings of every key (memcached's `lru_crawler metadump`) are answered a
+    /// shard at a time, so none holds every key in memory at once.
+    pub fn for_each_in_shard(&self, shard: usize, visit: impl FnMut(&[u8], ItemRef<'_>)) {
+        self.shared.index.for_each_in_shard(shard, unix_now(), visit)
+    }
+
     /// Live items and the bytes of their keys and values, for memcached's `curr_items` and
     /// `bytes`. Walks the whole index one shard at a time: meant for `stats`, not hot paths.
     pub fn usage(&self) -> (u64, u64) {

@@ -23,7 +23,8 @@
 //! - Keys with control characters are refused (`CLIENT_ERROR bad command line format`), and
 //!   flags above 2^32-1 too (memcached silently truncates them).
 //! - `stats` has memcached's general counters with real values; `limit_maxbytes` is 0
-//!   because textkv has no memory cap (the disk is the limit). `stats <group>` is `ERROR`.
+//!   because textkv has no memory cap (the disk is the limit). The `stats` groups and admin
+//!   commands are in [`admin`].
 //! - `verbosity` is accepted and does nothing (use `RUST_LOG`).
 //!
 //! Authentication (`--users`) follows memcached's ASCII convention (its `-Y` auth file), so
@@ -42,6 +43,7 @@
 //! answered on the next call, after the connection has written the replies out, so
 //! `get big big big …` cannot make the server hold keys × value bytes of replies.
 
+mod admin;
 mod flush;
 mod meta;
 mod request;
@@ -56,7 +58,8 @@ use super::{push_decimal, Context, Progress, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
-use request::{expires_at, Invalid, Request, StoreKind};
+use admin::{Dump, DumpFormat, Registration};
+use request::{expires_at, Invalid, Request, StatsGroup, StoreKind};
 
 /// Longest request line other than a retrieval command, as in memcached.
 pub const MAX_COMMAND_LINE: usize = 2048;
@@ -108,18 +111,41 @@ pub struct MemcacheSession {
     pending: Vec<PendingStore>,
     pending_bytes: usize,
     access: Access,
+    /// A listing (`stats cachedump`, `lru_crawler metadump`) not finished yet: it goes on
+    /// before any later request is read.
+    dump: Option<Dump>,
+    registration: Registration,
 }
 
 impl MemcacheSession {
     pub fn new(ctx: Arc<Context>) -> Self {
         let access = Access::new(ctx.users.is_some(), None).with_max_failures(1);
-        MemcacheSession { ctx, state: State::Ready, pending: Vec::new(), pending_bytes: 0, access }
+        MemcacheSession {
+            ctx,
+            state: State::Ready,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            access,
+            dump: None,
+            registration: Registration::new(None),
+        }
     }
 
-    /// Names the client in the log lines of failed logins.
+    /// Names the client in the log lines of failed logins and in `stats conns`.
     pub fn with_peer(mut self, peer: SocketAddr) -> Self {
         self.access = Access::new(self.ctx.users.is_some(), Some(peer)).with_max_failures(1);
+        self.registration = Registration::new(Some(peer));
         self
+    }
+
+    /// Goes on with an unfinished listing; returns whether one is still unfinished.
+    fn resume_dump(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(dump) = &mut self.dump else { return false };
+        if dump.resume(&Executor { ctx: &self.ctx }, out) {
+            self.dump = None;
+            return false;
+        }
+        true
     }
 
     /// Handles a request on a connection that has not logged in yet: only the login `set`
@@ -351,6 +377,18 @@ impl MemcacheSession {
             Request::Touch { key, exptime, .. } => executor.touch(key, *exptime, out),
             Request::FlushAll { delay, .. } => executor.flush_all(*delay, out),
             Request::Stats => executor.stats(out),
+            Request::StatsGroup(StatsGroup::CacheDump { class, limit }) => {
+                self.dump = Some(Dump::new(DumpFormat::CacheDump, *class, *limit));
+                self.resume_dump(out);
+            }
+            Request::StatsGroup(group) => executor.stats_group(*group, &self.registration, out),
+            Request::MetaDump { items } => {
+                let class = if *items { 1 } else { 0 };
+                self.dump = Some(Dump::new(DumpFormat::MetaDump, class, 0));
+                self.resume_dump(out);
+            }
+            Request::CacheMemlimit { .. } => out.extend_from_slice(b"OK\r\n"),
+            Request::MetaDebug { key } => executor.meta_debug(key, out),
             Request::Version => out.extend_from_slice(format!("VERSION {VERSION}\r\n").as_bytes()),
             Request::Verbosity { .. } => out.extend_from_slice(b"OK\r\n"),
             Request::Quit => return true,
@@ -368,7 +406,14 @@ impl MemcacheSession {
 impl Session for MemcacheSession {
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         let mut consumed = 0;
+        self.registration.active();
+        if self.resume_dump(out) {
+            return Progress { consumed, close: false };
+        }
         while out.len() < FLUSH_THRESHOLD && consumed < input.len() {
+            if self.resume_dump(out) {
+                break;
+            }
             let rest = &input[consumed..];
             match self.state {
                 State::Swallow(left) => {
@@ -408,6 +453,10 @@ impl Session for MemcacheSession {
         }
         self.flush_pending(out);
         Progress { consumed, close: false }
+    }
+
+    fn has_more(&self) -> bool {
+        self.dump.is_some()
     }
 }
 
@@ -596,27 +645,7 @@ impl Executor<'_> {
         stat("curr_connections", &curr);
         stat("total_connections", &read(&server.total_connections));
         stat("rejected_connections", &read(&server.rejected_connections));
-        for (name, counter) in [
-            ("cmd_get", &c.cmd_get),
-            ("cmd_set", &c.cmd_set),
-            ("cmd_flush", &c.cmd_flush),
-            ("cmd_touch", &c.cmd_touch),
-            ("cmd_meta", &c.cmd_meta),
-            ("get_hits", &c.get_hits),
-            ("get_misses", &c.get_misses),
-            ("delete_misses", &c.delete_misses),
-            ("delete_hits", &c.delete_hits),
-            ("incr_misses", &c.incr_misses),
-            ("incr_hits", &c.incr_hits),
-            ("decr_misses", &c.decr_misses),
-            ("decr_hits", &c.decr_hits),
-            ("cas_misses", &c.cas_misses),
-            ("cas_hits", &c.cas_hits),
-            ("cas_badval", &c.cas_badval),
-            ("touch_hits", &c.touch_hits),
-            ("touch_misses", &c.touch_misses),
-            ("store_too_large", &c.store_too_large),
-        ] {
+        for (name, counter) in c.named() {
             stat(name, &read(counter));
         }
         stat("limit_maxbytes", &0);
@@ -809,6 +838,51 @@ mod tests {
         assert!(header.starts_with("VALUE k 3 1000 "));
         let one = format!("{header}\r\n{}\r\n", "v".repeat(1000));
         assert_eq!(all, format!("{}END\r\nMN\r\n", one.repeat(300)));
+    }
+
+    /// A listing of every key is answered a part at a time (each call's replies stay near
+    /// FLUSH_THRESHOLD), the connection is asked to call again meanwhile (`has_more`), and
+    /// the request after it is answered after its `END`.
+    #[test]
+    fn a_listing_of_many_keys_is_streamed() {
+        let (_dir, mut session) = new_session(100);
+        let keys = 20_000;
+        let mut sets = Vec::new();
+        for i in 0..keys {
+            sets.extend_from_slice(format!("set key:{i:05} 0 0 10 noreply\r\n0123456789\r\n").as_bytes());
+        }
+        assert_eq!(text(feed(&mut session, &sets, 1 << 20)), "");
+        for (request, line_start) in [
+            (&b"lru_crawler metadump all\r\nmn\r\n"[..], "key=key%3A"),
+            (b"stats cachedump 1 0\r\nmn\r\n", "ITEM key:"),
+        ] {
+            let mut out = Vec::new();
+            let progress = session.process(request, &mut out);
+            assert_eq!(progress.consumed, request.len() - 4, "the listing's line is consumed");
+            let (mut all, mut calls) = (out, 1);
+            while session.has_more() {
+                let mut out = Vec::new();
+                let progress = session.process(&[], &mut out);
+                assert_eq!(progress.consumed, 0);
+                assert!(out.len() < FLUSH_THRESHOLD + 16 * 1024, "{} bytes in one call", out.len());
+                all.extend(out);
+                calls += 1;
+            }
+            all.extend(feed(&mut session, b"mn\r\n", 4));
+            assert!(calls > 5, "{calls} calls");
+            let all = text(all);
+            let lines: Vec<&str> = all.lines().collect();
+            assert_eq!(lines.len(), keys + 2);
+            assert!(lines[..keys].iter().all(|l| l.starts_with(line_start)), "{:?}", &lines[..3]);
+            let mut listed: Vec<&str> = lines[..keys].iter().map(|l| &l[line_start.len()..][..5]).collect();
+            listed.sort_unstable();
+            listed.dedup();
+            assert_eq!(listed.len(), keys, "every key once");
+            assert_eq!(&lines[keys..], ["END", "MN"]);
+        }
+        // A limit stops the listing early.
+        let limited = text(feed(&mut session, b"stats cachedump 1 3\r\n", 100));
+        assert_eq!(limited.lines().count(), 4, "{limited}");
     }
 
     /// `flush_all <Unix time in the past>` flushes at once, before the requests after it run

@@ -98,6 +98,21 @@ pub enum Request<'a> {
         noreply: bool,
     },
     Stats,
+    /// `stats <group> …` (arguments after a group that takes none are ignored, as memcached).
+    StatsGroup(StatsGroup),
+    /// `lru_crawler metadump <all|hash|classes>`; `items` says whether the classes include
+    /// class 1, the one class every textkv item is in.
+    MetaDump {
+        items: bool,
+    },
+    /// `cache_memlimit <megabytes> [noreply]` (at least 8, as memcached requires).
+    CacheMemlimit {
+        noreply: bool,
+    },
+    /// The meta debug command `me <key>`.
+    MetaDebug {
+        key: &'a [u8],
+    },
     Version,
     Verbosity {
         noreply: bool,
@@ -122,6 +137,7 @@ impl Request<'_> {
             | Request::Arith { noreply, .. }
             | Request::Touch { noreply, .. }
             | Request::FlushAll { noreply, .. }
+            | Request::CacheMemlimit { noreply }
             | Request::Verbosity { noreply } => *noreply,
             _ => false,
         }
@@ -142,11 +158,32 @@ impl Request<'_> {
             {
                 Role::Read
             }
+            Request::StatsGroup(StatsGroup::Reset) | Request::CacheMemlimit { .. } => Role::Admin,
+            Request::StatsGroup(_) | Request::MetaDump { .. } | Request::MetaDebug { .. } => Role::Read,
             Request::FlushAll { .. } | Request::Verbosity { .. } => Role::Admin,
             _ => Role::Write,
         }
     }
 }
+
+/// The `stats` groups textkv answers (see the `admin` module for what each holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsGroup {
+    Settings,
+    Items,
+    Slabs,
+    Sizes,
+    Conns,
+    Reset,
+    /// `stats cachedump <class> <limit>`: `limit` items of the class at most, 0 = all.
+    CacheDump {
+        class: u32,
+        limit: u64,
+    },
+}
+
+/// memcached's slab class ids are 0..64; `stats cachedump` accepts 0, `metadump` does not.
+pub const SLAB_CLASSES: u32 = 64;
 
 /// What to do with a line that is not a valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +295,26 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, Invalid> {
             Request::FlushAll { delay, noreply }
         }
         b"stats" if args.is_empty() => Request::Stats,
+        b"stats" => Request::StatsGroup(parse_stats_group(&args)?),
+        b"lru_crawler" => match args[..] {
+            [b"metadump", classes] => Request::MetaDump { items: parse_dump_classes(classes)? },
+            _ => return Err(Invalid::error("ERROR")),
+        },
+        b"cache_memlimit" if (1..=2).contains(&args.len()) => match parse_unsigned::<u32>(args[0]) {
+            Some(megabytes) if megabytes >= 8 => Request::CacheMemlimit { noreply },
+            Some(_) => {
+                return Err(Invalid::Reply {
+                    error: "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m",
+                    noreply,
+                    swallow: None,
+                })
+            }
+            None => return Err(Invalid::error("ERROR")),
+        },
+        b"me" => match args[..] {
+            [key] if valid_key(key) => Request::MetaDebug { key },
+            _ => return Err(Invalid::error(BAD_FORMAT)),
+        },
         b"version" => Request::Version,
         b"verbosity" if (1..=2).contains(&args.len()) => {
             if parse_unsigned::<u32>(args[0]).is_none() {
@@ -296,6 +353,48 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, Invalid> {
         }
     };
     Ok(request)
+}
+
+/// `stats <group> …`, with memcached's error for each wrong form.
+fn parse_stats_group(args: &[&[u8]]) -> Result<StatsGroup, Invalid> {
+    Ok(match args[0] {
+        b"settings" => StatsGroup::Settings,
+        b"items" => StatsGroup::Items,
+        b"slabs" => StatsGroup::Slabs,
+        b"sizes" => StatsGroup::Sizes,
+        b"conns" => StatsGroup::Conns,
+        b"reset" => StatsGroup::Reset,
+        b"cachedump" if args.len() < 3 => return Err(Invalid::error("CLIENT_ERROR bad command line")),
+        b"cachedump" => {
+            let (Some(class), Some(limit)) = (parse_unsigned::<u32>(args[1]), parse_unsigned::<u64>(args[2]))
+            else {
+                return Err(Invalid::error(BAD_FORMAT));
+            };
+            if class >= SLAB_CLASSES {
+                return Err(Invalid::error("CLIENT_ERROR Illegal slab id"));
+            }
+            StatsGroup::CacheDump { class, limit }
+        }
+        // textkv keeps no per-prefix statistics: every form gets memcached's usage error.
+        b"detail" => return Err(Invalid::error("CLIENT_ERROR usage: stats detail on|off|dump")),
+        _ => return Err(Invalid::error("ERROR")),
+    })
+}
+
+/// The class list of `lru_crawler metadump`: `all`, `hash`, or comma-separated ids 1..63.
+/// Returns whether it includes class 1.
+fn parse_dump_classes(classes: &[u8]) -> Result<bool, Invalid> {
+    if classes == b"all" || classes == b"hash" {
+        return Ok(true);
+    }
+    let mut items = false;
+    for id in classes.split(|&b| b == b',') {
+        match parse_unsigned::<u32>(id) {
+            Some(id) if (1..SLAB_CLASSES).contains(&id) => items |= id == 1,
+            _ => return Err(Invalid::error("BADCLASS invalid class id")),
+        }
+    }
+    Ok(items)
 }
 
 /// The part of `line` after the first occurrence of `token` (a sub-slice of it).
@@ -458,8 +557,44 @@ mod tests {
         assert_eq!(parse(b"quit"), Ok(Request::Quit));
         assert_eq!(parse(b"mn"), Ok(Request::MetaNoop));
         assert_eq!(reply_error(b""), ("ERROR", false, None));
-        assert_eq!(reply_error(b"stats items"), ("ERROR", false, None));
+        assert_eq!(parse(b"stats items x"), Ok(Request::StatsGroup(StatsGroup::Items)));
+        assert_eq!(reply_error(b"stats bogus"), ("ERROR", false, None));
         assert_eq!(parse(b"GET / HTTP/1.1"), Err(Invalid::Close));
+    }
+
+    /// Each reply recorded from memcached 1.6.18 (`memcached -p 22122 -U 0 -l 127.0.0.1`).
+    #[test]
+    fn admin_commands_and_their_errors() {
+        assert_eq!(
+            parse(b"stats cachedump 1 0"),
+            Ok(Request::StatsGroup(StatsGroup::CacheDump { class: 1, limit: 0 }))
+        );
+        assert!(parse(b"stats cachedump 0 5").is_ok());
+        assert_eq!(reply_error(b"stats cachedump 1").0, "CLIENT_ERROR bad command line");
+        assert_eq!(reply_error(b"stats cachedump x 1").0, BAD_FORMAT);
+        assert_eq!(reply_error(b"stats cachedump 1 -1").0, BAD_FORMAT);
+        assert_eq!(reply_error(b"stats cachedump 64 1").0, "CLIENT_ERROR Illegal slab id");
+        assert_eq!(reply_error(b"stats detail on").0, "CLIENT_ERROR usage: stats detail on|off|dump");
+        assert_eq!(parse(b"lru_crawler metadump all"), Ok(Request::MetaDump { items: true }));
+        assert_eq!(parse(b"lru_crawler metadump hash"), Ok(Request::MetaDump { items: true }));
+        assert_eq!(parse(b"lru_crawler metadump 2,1"), Ok(Request::MetaDump { items: true }));
+        assert_eq!(parse(b"lru_crawler metadump 63"), Ok(Request::MetaDump { items: false }));
+        for bad in [&b"lru_crawler metadump 0"[..], b"lru_crawler metadump 64", b"lru_crawler metadump x"] {
+            assert_eq!(reply_error(bad).0, "BADCLASS invalid class id");
+        }
+        assert_eq!(reply_error(b"lru_crawler metadump").0, "ERROR");
+        assert_eq!(reply_error(b"lru_crawler metadump 1 2").0, "ERROR");
+        assert_eq!(reply_error(b"lru_crawler crawl all").0, "ERROR");
+        assert_eq!(parse(b"cache_memlimit 100 noreply"), Ok(Request::CacheMemlimit { noreply: true }));
+        assert_eq!(
+            reply_error(b"cache_memlimit 7").0,
+            "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m"
+        );
+        assert_eq!(reply_error(b"cache_memlimit x").0, "ERROR");
+        assert_eq!(reply_error(b"cache_memlimit").0, "ERROR");
+        assert_eq!(parse(b"me k"), Ok(Request::MetaDebug { key: b"k" }));
+        assert_eq!(reply_error(b"me").0, BAD_FORMAT);
+        assert_eq!(reply_error(b"me a b").0, BAD_FORMAT);
     }
 
     #[test]
