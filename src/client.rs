@@ -434,6 +434,27 @@ impl Client {
         }
     }
 
+    /// The keys starting with `prefix`, from `keys`: a plain prefix when it has no glob
+    /// metacharacter (understood by every server version), else escaped as a glob. For small
+    /// families of keys; [`Client::scan_all`] pages through any number.
+    pub fn keys_with_prefix(&mut self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let pattern = if prefix.iter().any(|b| matches!(b, b'*' | b'?' | b'[')) {
+            let mut glob = glob_escape(prefix);
+            glob.push(b'*');
+            glob
+        } else {
+            prefix.to_vec()
+        };
+        let line = if pattern.is_empty() { b"keys".to_vec() } else { join_request(b"keys", &[&pattern]) };
+        self.listing(&line)?
+            .into_iter()
+            .map(|line| match line.strip_prefix(b"KEY ") {
+                Some(key) => Ok(key.to_vec()),
+                None => Err(Self::protocol_error(&line)),
+            })
+            .collect()
+    }
+
     /// The `stats` reply as (name, value) pairs.
     pub fn stats(&mut self) -> Result<Vec<(String, String)>, ClientError> {
         let lines = self.listing(b"stats")?;

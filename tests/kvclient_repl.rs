@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{temp_db, Server, KVCLIENT};
+use common::{temp_db, Server, KVCLIENT, KVSERVER};
 
 /// A tmux session running one command; killed on drop.
 struct Terminal {
@@ -54,14 +54,19 @@ impl Drop for Terminal {
     }
 }
 
+/// Is tmux there? (CI must have it: .ci/run installs it.)
+fn have_tmux() -> bool {
+    if Command::new("tmux").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run this test (.ci/run installs tmux)");
+    eprintln!("skipping: tmux is not installed");
+    false
+}
+
 #[test]
 fn the_prompt_edits_recalls_history_and_shows_replies() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run this test (.ci/run installs tmux)"
-        );
-        eprintln!("skipping: tmux is not installed");
+    if !have_tmux() {
         return;
     }
     let (dir, db) = temp_db();
@@ -72,16 +77,18 @@ fn the_prompt_edits_recalls_history_and_shows_replies() {
     term.wait_for(&prompt, 1);
 
     term.send(&["set greeting hello wrld", "Left", "Left", "Left", "o", "Enter"]);
-    term.wait_for("STORED", 1);
+    term.wait_for("OK", 1);
     term.send(&["get greeting", "Enter"]);
-    term.wait_for("VALUE hello world", 1);
+    term.wait_for("\"hello world\"", 1);
     // Arrow up twice recalls the `set`; edit its value in place and send it again.
     term.send(&["Up", "Up", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace", "there", "Enter"]);
-    term.wait_for("STORED", 2);
+    term.wait_for("OK", 2);
     term.send(&["get greeting", "Enter"]);
-    term.wait_for("VALUE hello there", 1);
+    term.wait_for("\"hello there\"", 1);
+    term.send(&["get nothing", "Enter"]);
+    term.wait_for("(nil)", 1);
     term.send(&["frobnicate", "Enter"]);
-    let screen = term.wait_for("ERROR unknown command 'frobnicate'", 1);
+    let screen = term.wait_for("(error) unknown command 'frobnicate'", 1);
     assert!(screen.contains(&prompt), "{screen}");
 
     term.send(&["C-d"]);
@@ -94,4 +101,58 @@ fn the_prompt_edits_recalls_history_and_shows_replies() {
     let history = std::fs::read_to_string(history).unwrap();
     assert!(history.contains("set greeting hello there") && history.contains("frobnicate"), "{history}");
     assert_eq!(server.client().get(b"greeting").unwrap().as_deref(), Some(&b"hello there"[..]));
+}
+
+/// Waits until `path` contains `text`.
+fn wait_for_file(path: &Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if content.contains(text) {
+            return content;
+        }
+        assert!(Instant::now() < deadline, "{} never contained {text:?}: {content:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_prompt_survives_a_server_restart_and_keeps_history_line_by_line() {
+    if !have_tmux() {
+        return;
+    }
+    let (dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let addr = server.addr;
+    let name = format!("kvclient-reconnect-{}", std::process::id());
+    let term = Terminal::start(&name, dir.path(), &format!("{KVCLIENT} --addr {addr}"));
+    term.wait_for(&format!("{addr}>"), 1);
+    term.send(&["set k before", "Enter"]);
+    term.wait_for("OK", 1);
+    // History is on disk after each line, not only at a clean exit.
+    wait_for_file(&dir.path().join(".kvclient_history"), "set k before");
+
+    server.kill();
+    term.send(&["get k", "Enter"]);
+    term.wait_for("connection refused", 1);
+    term.wait_for("not connected>", 1);
+
+    // The same port again, the same file: the next command reconnects by itself.
+    let mut command = Command::new(KVSERVER);
+    command
+        .arg("--db")
+        .arg(&db)
+        .args(["--listen", &addr.to_string()])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let restarted = Server::start_command(command, &db).unwrap_or_else(|e| panic!("restart: {}", e.log));
+    term.send(&["get k", "Enter"]);
+    term.wait_for("\"before\"", 1);
+    term.wait_for(&format!("{addr}>"), 2);
+    term.send(&["set k after", "Enter"]);
+    term.wait_for("OK", 2);
+    assert_eq!(restarted.client().get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
+    wait_for_file(&dir.path().join(".kvclient_history"), "set k after");
 }

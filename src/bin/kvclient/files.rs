@@ -31,7 +31,6 @@
 //!   [`CHUNK_KEY_OVERHEAD`] bytes, so a chunked file's key is at most 250 minus that.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
@@ -40,7 +39,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use textkv::client::{glob_escape, parse_value, Client, ClientError};
+use textkv::client::{parse_value, Client, ClientError};
 use textkv::escape::escape_into;
 use textkv::store::format::MAX_KEY_BYTES;
 
@@ -305,30 +304,34 @@ fn server_reply_error(reply: &[u8]) -> ClientError {
 }
 
 /// Deletes the chunks of `key` that its current value does not name: those of older
-/// versions and of crashed uploads (all of them when the key is plain or gone).
+/// versions and of crashed uploads (all of them when the key is plain or gone). The family is
+/// listed with `keys <key>~chunk.` (a few hundred keys for a file of a few hundred MB) and the
+/// stale chunks deleted with pipelined `del`s.
 pub fn remove_stale_chunks(client: &mut Client, key: &[u8]) -> Result<()> {
     let keep = match lookup(client, key)? {
         Stored::Chunked(manifest) => Some(manifest.id),
         _ => None,
     };
     let family = chunk_family(key);
-    let mut pattern = glob_escape(&family);
-    pattern.push(b'*');
-    let mut stale = HashSet::new();
-    client.scan_all(Some(&pattern), |_, chunk| {
-        if let Some(id) = chunk.strip_prefix(family.as_slice()).and_then(|_| upload_id(&chunk)) {
-            if keep.as_deref().map(str::as_bytes) != Some(id) {
-                stale.insert(id.to_vec());
-            }
-        }
-        Ok(())
+    let stale: Vec<Vec<u8>> = client
+        .keys_with_prefix(&family)?
+        .into_iter()
+        .filter(|chunk| {
+            // Exactly `<key>~chunk.<id>.<n>`: not the chunks of a file named `<key>~chunk.x/…`.
+            let Some(rest) = chunk.strip_prefix(family.as_slice()) else { return false };
+            let (id, n) = rest.split_at(rest.len().min(ID_LEN));
+            is_id(id)
+                && n.len() > 1
+                && n[0] == b'.'
+                && n[1..].iter().all(u8::is_ascii_digit)
+                && keep.as_deref().map(str::as_bytes) != Some(id)
+        })
+        .collect();
+    let requests = stale.iter().map(|chunk| Ok([b"del ", chunk.as_slice()].concat()));
+    client.pipelined(requests, 128, |_, reply| match reply.concat().as_slice() {
+        b"DELETED" | b"NOT_FOUND" => Ok(()),
+        other => Err(server_reply_error(other)),
     })?;
-    for id in stale {
-        let mut prefix = family.clone();
-        prefix.extend_from_slice(&id);
-        prefix.push(b'.');
-        client.delprefix(&prefix)?;
-    }
     Ok(())
 }
 
@@ -506,6 +509,7 @@ fn unhex32(text: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn sample() -> Manifest {
         Manifest {
