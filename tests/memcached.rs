@@ -315,7 +315,8 @@ fn stats_report_real_values() {
         line[prefix.len()..].to_string()
     };
     assert_eq!(stat("pid"), server.pid().to_string());
-    assert_eq!(stat("version"), "1.6.18 textkv-0.1.0");
+    assert_eq!(stat("version"), "1.6.18");
+    assert_eq!(stat("textkv_version"), "0.1.0");
     assert_eq!(stat("curr_items"), "2");
     assert_eq!(stat("bytes"), "7");
     assert_eq!(stat("cmd_get"), "2");

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::request::{remaining_ttl, StatsGroup};
-use super::{Executor, VERSION};
+use super::Executor;
 use crate::protocol::{push_decimal, FLUSH_THRESHOLD};
 use crate::stats::ServerStats;
 use crate::store::index::SHARDS;
@@ -241,7 +241,6 @@ impl Executor<'_> {
         lines.stat("dump_enabled", "yes");
         lines.stat("lru_crawler", "no");
         lines.stat("track_sizes", "no");
-        lines.stat("version", VERSION);
     }
 
     fn items(&self, lines: &mut StatLines) {

@@ -68,10 +68,14 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 /// being buffered.
 const MAX_LOGIN_BYTES: usize = 1024;
 
-/// The version `version` and `stats` report: the memcached release whose protocol textkv
-/// follows comes first, because clients parse it as numbers (libmemcached's tools stop with
-/// "strtol() failed to parse major version" on anything else, and enable features by it),
-/// then textkv's own version.
+/// The memcached release whose protocol textkv follows. Clients parse the version as
+/// numbers (libmemcached's tools stop with "strtol() failed to parse major version" on
+/// anything else, and enable features by it), so it comes first in `version`'s reply and is
+/// `stats`'s whole `version` (a STAT value has no spaces); textkv's own version follows it in
+/// `version` and is `stats`'s `textkv_version`.
+pub const MEMCACHED_VERSION: &str = "1.6.18";
+
+/// The `version` command's reply text.
 pub const VERSION: &str = concat!("1.6.18 textkv-", env!("CARGO_PKG_VERSION"));
 
 /// What the session is in the middle of, between calls.
@@ -114,6 +118,8 @@ pub struct MemcacheSession {
     /// A listing (`stats cachedump`, `lru_crawler metadump`) not finished yet: it goes on
     /// before any later request is read.
     dump: Option<Dump>,
+    /// The last call stopped because its replies reached FLUSH_THRESHOLD with input left.
+    output_full: bool,
     registration: Registration,
 }
 
@@ -127,6 +133,7 @@ impl MemcacheSession {
             pending_bytes: 0,
             access,
             dump: None,
+            output_full: false,
             registration: Registration::new(None),
         }
     }
@@ -407,6 +414,7 @@ impl Session for MemcacheSession {
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         let mut consumed = 0;
         self.registration.active();
+        self.output_full = false;
         if self.resume_dump(out) {
             return Progress { consumed, close: false };
         }
@@ -452,11 +460,14 @@ impl Session for MemcacheSession {
             }
         }
         self.flush_pending(out);
+        // Stopped for a full reply buffer, perhaps without consuming anything (a listing that
+        // just ended): the requests left in `input` must be offered again without new input.
+        self.output_full = out.len() >= FLUSH_THRESHOLD && consumed < input.len();
         Progress { consumed, close: false }
     }
 
     fn has_more(&self) -> bool {
-        self.dump.is_some()
+        self.dump.is_some() || self.output_full
     }
 }
 
@@ -639,7 +650,8 @@ impl Executor<'_> {
         stat("pid", &std::process::id());
         stat("uptime", &server.uptime_secs());
         stat("time", &unix_now());
-        stat("version", &VERSION);
+        stat("version", &MEMCACHED_VERSION);
+        stat("textkv_version", &env!("CARGO_PKG_VERSION"));
         stat("pointer_size", &(usize::BITS));
         let curr = read(&server.curr_connections);
         stat("curr_connections", &curr);
@@ -856,19 +868,20 @@ mod tests {
             (&b"lru_crawler metadump all\r\nmn\r\n"[..], "key=key%3A"),
             (b"stats cachedump 1 0\r\nmn\r\n", "ITEM key:"),
         ] {
-            let mut out = Vec::new();
-            let progress = session.process(request, &mut out);
-            assert_eq!(progress.consumed, request.len() - 4, "the listing's line is consumed");
-            let (mut all, mut calls) = (out, 1);
-            while session.has_more() {
+            // As the connection does: call again while input is consumed or more is to come.
+            let (mut rest, mut all, mut calls) = (request, Vec::new(), 0);
+            loop {
                 let mut out = Vec::new();
-                let progress = session.process(&[], &mut out);
-                assert_eq!(progress.consumed, 0);
+                let progress = session.process(rest, &mut out);
+                rest = &rest[progress.consumed..];
                 assert!(out.len() < FLUSH_THRESHOLD + 16 * 1024, "{} bytes in one call", out.len());
                 all.extend(out);
                 calls += 1;
+                if (progress.consumed == 0 || rest.is_empty()) && !session.has_more() {
+                    break;
+                }
             }
-            all.extend(feed(&mut session, b"mn\r\n", 4));
+            assert!(rest.is_empty(), "the request after the listing is answered");
             assert!(calls > 5, "{calls} calls");
             let all = text(all);
             let lines: Vec<&str> = all.lines().collect();
