@@ -52,6 +52,19 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub idle_timeout: u64,
 
+    /// With --users: seconds a connection has to log in after connecting (TLS handshake
+    /// included) before it is closed with "login timed out"; 0 never closes it for that.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub login_timeout: u64,
+
+    /// Seconds a request has, from its first byte, to arrive whole (line and data block),
+    /// and a connection to take in a reply it is sent, before the connection is closed
+    /// ("request timed out"): a client cannot hold a connection by sending a request a byte
+    /// at a time, whatever --idle-timeout is. Raise it for very large values over slow
+    /// links; 0 turns it off.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub request_timeout: u64,
+
     /// Automatic compaction starts only once the file is at least this many bytes…
     #[arg(long, default_value_t = 16 << 20)]
     pub compact_min_bytes: u64,
@@ -132,7 +145,14 @@ impl Config {
     pub fn server(&self) -> ServerConfig {
         ServerConfig {
             max_connections: self.max_connections,
-            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            idle_timeout: seconds(self.idle_timeout),
+            login_timeout: seconds(self.login_timeout),
+            request_timeout: seconds(self.request_timeout),
         }
     }
+}
+
+/// A timeout flag's value: whole seconds, 0 meaning none.
+fn seconds(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }

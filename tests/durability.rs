@@ -318,7 +318,7 @@ fn a_shutdown_asked_for_before_the_listeners_exist_still_stops_the_server() {
         limits: Limits { max_value_bytes: 1 << 20, max_line_bytes: 1 << 22 },
         users: None,
     };
-    let server = Server::new(Arc::new(ctx), ServerConfig { max_connections: 8, idle_timeout: None });
+    let server = Server::new(Arc::new(ctx), ServerConfig { max_connections: 8, ..ServerConfig::default() });
     server.shutdown_handle().shutdown();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel();

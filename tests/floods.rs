@@ -189,6 +189,19 @@ fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounde
     assert_no_panic(&server.log());
 }
 
+/// With no idle timeout (the default), the request timeout still closes a client that
+/// never reads its replies, instead of its thread waiting in write(2) for ever.
+#[test]
+fn a_client_that_never_reads_is_disconnected_even_without_an_idle_timeout() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &["--request-timeout", "2"]);
+    let big = vec![b'x'; 1 << 20];
+    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
+    assert_eq!(conn.call(&common::faults::set_request("big", &big)).unwrap(), b"STORED");
+    flood_without_reading(&server, server.addr, b"get big\n", 1024);
+    assert_no_panic(&server.log());
+}
+
 #[test]
 fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
     let (_dir, db) = temp_db();

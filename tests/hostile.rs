@@ -1,4 +1,5 @@
-//! A shared or hostile machine: a low open-file limit, refused clients that talk at once.
+//! A shared or hostile machine: a low open-file limit, refused clients that talk at once,
+//! requests sent a byte at a time.
 //!
 //! Each test starts the real `kvserver` on loopback and stops it when done (the harness kills
 //! it on drop); every wait is bounded by a socket timeout.
@@ -10,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::{temp_db, Server};
+use common::{dribble, temp_db, Server};
 
 /// How long any one reply may take before a test calls it a hang.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,4 +142,53 @@ fn a_refused_client_that_sent_its_requests_at_once_reads_the_refusal() {
     }
     held.write_all(b"get k\n").unwrap();
     assert_eq!(read_line(&mut held).unwrap(), b"NOT_FOUND\n", "a refused request was run");
+}
+
+/// Issue 10 item 6: with no idle timeout (the default), a request sent a byte at a time is
+/// closed at the request deadline with an error line on both listeners, and runs nothing;
+/// a connection quiet between requests is not. Before the fix such a client held its
+/// connection (and up to --max-line-bytes of buffer) for ever.
+#[test]
+fn a_request_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
+    let (_dir, db) = temp_db();
+    let (server, memcached) = Server::start_memcached(&db, &["--request-timeout", "2"]);
+    let timeout = Duration::from_secs(2);
+    let quiet = {
+        let mut quiet = connect(server.addr);
+        quiet.write_all(b"ping\n").unwrap();
+        assert_eq!(read_line(&mut quiet).unwrap(), b"PONG\n");
+        quiet
+    };
+    let dribblers: Vec<_> = [
+        (
+            server.addr,
+            &b"set k vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\n"[..],
+            &b"ERROR request timed out\n"[..],
+        ),
+        (
+            memcached,
+            b"set k 0 0 40\r\nvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\r\n",
+            b"CLIENT_ERROR request timed out\r\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(addr, bytes, farewell)| {
+        let mut stream = connect(addr);
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::thread::spawn(move || (dribble(&mut stream, bytes, Duration::from_secs(8)), farewell))
+    })
+    .collect();
+    for handle in dribblers {
+        let (dribbled, farewell) = handle.join().unwrap();
+        let closed = dribbled.closed_after.unwrap_or_else(|| panic!("never closed: {dribbled:?}"));
+        eprintln!("dribbler closed after {closed:?}");
+        assert!(
+            closed >= timeout - Duration::from_millis(200) && closed < timeout + Duration::from_millis(1500)
+        );
+        assert_eq!(dribbled.reply, farewell);
+    }
+    assert!(server.log().contains("request not complete after"), "{}", server.log());
+    let mut quiet = quiet;
+    quiet.write_all(b"get k\n").unwrap();
+    assert_eq!(read_line(&mut quiet).unwrap(), b"NOT_FOUND\n", "the quiet connection stays; k was never set");
 }

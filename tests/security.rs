@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{raw_connect, temp_db, transcript, Server, KVCLIENT, KVSERVER};
+use common::{dribble, raw_connect, temp_db, transcript, Dribbled, Server, KVCLIENT, KVSERVER};
 
 const READER: (&str, &str) = ("reader", "read-secret");
 const WRITER: (&str, &str) = ("writer", "write-secret");
@@ -66,6 +67,11 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A server with the users file, both listeners, and TLS when `tls` is given.
 fn start(dir: &Path, db: &Path, tls: Option<(&Path, &Path)>) -> Server {
+    start_with(dir, db, tls, &[])
+}
+
+/// [`start`] with more flags.
+fn start_with(dir: &Path, db: &Path, tls: Option<(&Path, &Path)>, extra: &[&str]) -> Server {
     let users = dir.join("users.txt");
     write_private(&users, users_text());
     let users = users.to_str().unwrap().to_string();
@@ -75,6 +81,7 @@ fn start(dir: &Path, db: &Path, tls: Option<(&Path, &Path)>) -> Server {
         (cert, key) = (c.to_str().unwrap().to_string(), k.to_str().unwrap().to_string());
         args.extend(["--tls-cert", &cert, "--tls-key", &key]);
     }
+    args.extend_from_slice(extra);
     Server::start(db, &args)
 }
 
@@ -499,4 +506,156 @@ fn a_fifo_in_place_of_the_certificate_neither_blocks_sighup_nor_sigterm() {
     assert!(exited.status.success(), "{}", exited.log);
     assert!(exited.log.contains("kvserver stopped cleanly"), "{}", exited.log);
     assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", started.elapsed());
+}
+
+/// One byte per this, for the slow-loris clients below.
+const DRIBBLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Opens `count` connections to `addr` that each dribble `bytes`, all at once, and returns
+/// what each saw (within `limit`).
+fn dribblers(
+    addr: SocketAddr,
+    count: usize,
+    bytes: &'static [u8],
+    limit: Duration,
+) -> Vec<thread::JoinHandle<Dribbled>> {
+    (0..count)
+        .map(|_| {
+            let mut stream = raw_connect(addr);
+            stream.set_read_timeout(Some(DRIBBLE_EVERY)).unwrap();
+            thread::spawn(move || dribble(&mut stream, bytes, limit))
+        })
+        .collect()
+}
+
+/// Checks that a dribbler was closed at the login deadline (`timeout`), with `farewell`.
+fn closed_at_the_login_deadline(dribbled: &Dribbled, timeout: Duration, farewell: &[u8]) -> Duration {
+    let closed = dribbled.closed_after.unwrap_or_else(|| panic!("never closed: {dribbled:?}"));
+    assert!(
+        closed >= timeout - DRIBBLE_EVERY && closed < timeout + Duration::from_millis(1500),
+        "{closed:?}"
+    );
+    assert_eq!(text(dribbled.reply.clone()), text(farewell.to_vec()));
+    closed
+}
+
+/// Issue 10 item 6: with --users, connections that never log in (blank lines on the line
+/// protocol, a memcached login line a byte at a time) take every slot only until the login
+/// deadline; then they are closed with an error line and a real user logs in. Before the fix
+/// they held every slot for ever (no idle timeout by default).
+#[test]
+fn connections_that_never_log_in_are_closed_at_the_login_deadline() {
+    let (dir, db) = temp_db();
+    let server = start_with(dir.path(), &db, None, &["--login-timeout", "2", "--max-connections", "12"]);
+    let timeout = Duration::from_secs(2);
+    let limit = Duration::from_secs(8);
+    let line =
+        dribblers(server.addr, 6, b"\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n", limit);
+    let memcached =
+        dribblers(server.listener("memcached"), 6, b"set auth 0 0 18\r\nreader read-secret\r\n", limit);
+    // Every slot is taken: a real user is turned away, for now.
+    let login = format!("auth {} {}\nping\nquit\n", READER.0, READER.1);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(text(transcript(server.addr, login.as_bytes())), "ERROR too many connections\n");
+
+    let mut closes = Vec::new();
+    for handle in line {
+        closes.push(closed_at_the_login_deadline(
+            &handle.join().unwrap(),
+            timeout,
+            b"ERROR login timed out\n",
+        ));
+    }
+    for handle in memcached {
+        let dribbled = handle.join().unwrap();
+        closes.push(closed_at_the_login_deadline(&dribbled, timeout, b"CLIENT_ERROR login timed out\r\n"));
+    }
+    eprintln!(
+        "12 dribblers closed after {:?} to {:?}",
+        closes.iter().min().unwrap(),
+        closes.iter().max().unwrap()
+    );
+    assert!(server.wait_for_log("not logged in after", Duration::from_secs(5)), "{}", server.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = text(transcript(server.addr, login.as_bytes()));
+        if reply == "OK\nPONG\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the real user still cannot log in: {reply:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A user who logs in in time is not held to the deadline.
+    let mut user = raw_connect(server.addr);
+    user.write_all(login.replace("quit\n", "").as_bytes()).unwrap();
+    assert_eq!(common::read_exact_reply(&mut user, 8), b"OK\nPONG\n");
+    thread::sleep(timeout + Duration::from_millis(500));
+    user.write_all(b"ping\n").unwrap();
+    assert_eq!(common::read_exact_reply(&mut user, 5), b"PONG\n");
+}
+
+/// The login deadline holds over TLS too: for a client that dribbles its TLS handshake
+/// (rustls reads the socket many times inside one handshake), and for one that completes the
+/// handshake but never logs in (told so over TLS).
+#[test]
+fn the_login_deadline_holds_over_tls_during_and_after_the_handshake() {
+    let (dir, db) = temp_db();
+    let (cert, key) = make_cert(dir.path());
+    let server = start_with(dir.path(), &db, Some((&cert, &key)), &["--login-timeout", "2"]);
+    let timeout = Duration::from_secs(2);
+
+    // A real ClientHello, sent a byte every 200 ms: it would take about a minute.
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100);
+    let hello: &'static [u8] = Box::leak(hello.into_boxed_slice());
+    let handshake = dribblers(server.addr, 1, hello, Duration::from_secs(8)).pop().unwrap();
+
+    // A TLS client that never logs in.
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
+    let mut quiet = rustls::StreamOwned::new(connection, raw_connect(server.addr));
+    let started = Instant::now();
+    quiet.write_all(b"\n").unwrap();
+    quiet.flush().unwrap();
+    let mut reply = Vec::new();
+    let _ = quiet.read_to_end(&mut reply);
+    let closed = started.elapsed();
+    assert_eq!(text(reply), "ERROR login timed out\n");
+    assert!(
+        closed >= timeout - Duration::from_millis(200) && closed < timeout + Duration::from_secs(1),
+        "{closed:?}"
+    );
+
+    let dribbled = handshake.join().unwrap();
+    let closed = dribbled.closed_after.unwrap_or_else(|| panic!("the handshake dribbler was never closed"));
+    assert!(
+        closed >= timeout - DRIBBLE_EVERY && closed < timeout + Duration::from_millis(1500),
+        "{closed:?}"
+    );
+    let ping = format!("auth {} {}\nping\nquit\n", READER.0, READER.1);
+    assert_eq!(text(tls_transcript(server.addr, &cert, ping.as_bytes()).unwrap()), "OK\nPONG\n");
+}
+
+/// Without --users there is no login deadline, but a TLS handshake sent a byte at a time is
+/// still closed at the request deadline (the handshake counts as the first request).
+#[test]
+fn a_tls_handshake_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
+    let (dir, db) = temp_db();
+    let (cert, key) = make_cert(dir.path());
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server =
+        Server::start(&db, &["--tls-cert", cert_arg, "--tls-key", key_arg, "--request-timeout", "2"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let hello: &'static [u8] = Box::leak(hello.into_boxed_slice());
+    let dribbled = dribblers(server.addr, 1, hello, Duration::from_secs(8)).pop().unwrap().join().unwrap();
+    let closed = dribbled.closed_after.unwrap_or_else(|| panic!("the handshake dribbler was never closed"));
+    assert!(closed >= Duration::from_millis(1800) && closed < Duration::from_millis(3500), "{closed:?}");
+    assert!(server.log().contains("request not complete after"), "{}", server.log());
+    assert_eq!(text(tls_transcript(server.addr, &cert, b"ping\nquit\n").unwrap()), "PONG\n");
 }

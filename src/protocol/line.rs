@@ -386,6 +386,10 @@ fn error_reply(error: &dyn fmt::Display, out: &mut Vec<u8>) {
 }
 
 impl Session for LineSession {
+    fn logged_in(&self) -> bool {
+        self.access.role().is_some()
+    }
+
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         // Before a login only `auth` is of use: a client that has not logged in gets short
         // lines, so it cannot make the server buffer --max-line-bytes per connection.

@@ -53,6 +53,12 @@ pub trait Session: Send {
     fn has_more(&self) -> bool {
         false
     }
+
+    /// Whether the connection has logged in, or needs no login (`--users` unset); until it
+    /// has, the server holds it to the login deadline (`--login-timeout`).
+    fn logged_in(&self) -> bool {
+        true
+    }
 }
 
 use std::sync::Arc;

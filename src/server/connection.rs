@@ -7,10 +7,19 @@
 //! output buffer is written out whenever it passes [`FLUSH_THRESHOLD`]. A client that stops
 //! reading its replies hits the write timeout and is disconnected rather than growing memory.
 //!
+//! Before each read the loop arms the connection's [`Deadlines`]: the login deadline while
+//! the session is not logged in, and the request deadline while unprocessed bytes (the start
+//! of a request) wait in the buffer, counted from the read that brought the first of them.
+//! A session that consumes bytes as they come (a line too long, a data block too large,
+//! both read and discarded) has no bytes waiting, so no request deadline: such a client
+//! holds its connection as one that keeps sending small requests would.
+//!
 //! [`FLUSH_THRESHOLD`]: crate::protocol::FLUSH_THRESHOLD
 
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
+use super::deadline::Deadlines;
 use crate::protocol::Session;
 
 /// Initial input buffer size, and the least free space offered to each read.
@@ -18,11 +27,17 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Serves one connection until it ends. Generic over the stream so tests can drive a session
 /// with in-memory buffers.
-pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::Result<()> {
+pub fn serve<S: Read + Write>(
+    stream: &mut S,
+    session: &mut dyn Session,
+    deadlines: &Deadlines<'_>,
+) -> io::Result<()> {
     // `input[start..end]` is unprocessed; the buffer is zeroed once, not per read.
     let mut input: Vec<u8> = vec![0; READ_CHUNK];
     let (mut start, mut end) = (0, 0);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // When the first unprocessed byte arrived, while there is one.
+    let mut request_since: Option<Instant> = None;
     loop {
         if input.len() - end < READ_CHUNK / 4 {
             if start > 0 {
@@ -33,15 +48,24 @@ pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::
                 input.resize(input.len() * 2, 0);
             }
         }
+        deadlines.arm(session.logged_in(), request_since);
         let read = match stream.read(&mut input[end..]) {
             Ok(0) => return stream.flush(), // end of stream; a partial request is dropped
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        let read_at = deadlines.request_timeout.map(|_| Instant::now());
+        if start == end {
+            request_since = read_at;
+        }
         end += read;
         loop {
             let progress = session.process(&input[start..end], &mut out);
+            if progress.consumed > 0 {
+                // What is left, if anything, began in this read.
+                request_since = read_at;
+            }
             start += progress.consumed;
             if !out.is_empty() {
                 stream.write_all(&out)?;
@@ -56,6 +80,7 @@ pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::
         }
         if start == end {
             (start, end) = (0, 0);
+            request_since = None;
             if input.len() > 4 * READ_CHUNK {
                 // Give back the memory of a large request once it is done.
                 input = vec![0; READ_CHUNK];
@@ -68,6 +93,7 @@ pub fn serve<S: Read + Write>(stream: &mut S, session: &mut dyn Session) -> io::
 mod tests {
     use super::*;
     use crate::protocol::{Progress, FLUSH_THRESHOLD};
+    use crate::server::deadline::Clock;
 
     /// Echoes each line upper-cased; `bye` closes.
     struct Upper;
@@ -120,7 +146,7 @@ mod tests {
 
     fn run(input: &[u8], per_read: usize) -> Trickle {
         let mut stream = Trickle { input: input.to_vec(), pos: 0, per_read, output: Vec::new(), writes: 0 };
-        serve(&mut stream, &mut Upper).unwrap();
+        serve(&mut stream, &mut Upper, &Deadlines::none(&Clock::default())).unwrap();
         stream
     }
 

@@ -18,13 +18,20 @@
 //!
 //! TLS ([`Server::with_tls`]) wraps each accepted stream in a rustls server connection inside
 //! the connection's own thread, so a slow or hostile handshake holds up only that thread
-//! (bounded by the idle timeout), and the shutdown path above still works on the TCP stream
-//! underneath. A client that speaks plaintext to a TLS listener fails the handshake and is
-//! disconnected.
+//! (bounded by the request deadline, see [`deadline`]), and the shutdown path above still
+//! works on the TCP stream underneath. A client that speaks plaintext to a TLS listener fails
+//! the handshake and is disconnected.
+//!
+//! Time limits ([`deadline`]): with `--users` a connection must log in within
+//! `--login-timeout` of connecting; a request (or a TLS handshake), once begun, must arrive
+//! whole within `--request-timeout`, and a reply must be taken within it; between requests
+//! only `--idle-timeout` (off by default) applies. A connection closed by a deadline is told
+//! why in its protocol's error line when the protocol has one.
 //!
 //! [`Store`]: crate::store::Store
 
 pub mod connection;
+pub mod deadline;
 pub mod descriptors;
 pub mod refusal;
 
@@ -42,6 +49,7 @@ use crate::protocol::line::LineSession;
 use crate::protocol::memcache::MemcacheSession;
 use crate::protocol::{Context, Session};
 use crate::stats::ServerStats;
+use deadline::{Clock, Deadlines, Expiry, TimedSocket};
 use refusal::Refuser;
 
 /// Which protocol a listener speaks.
@@ -78,6 +86,16 @@ impl Protocol {
             Protocol::Memcached => b"SERVER_ERROR too many open connections\r\n",
         }
     }
+
+    /// Sent to a connection closed because it missed a deadline.
+    fn expired(self, expiry: Expiry) -> &'static [u8] {
+        match (self, expiry) {
+            (Protocol::Line, Expiry::Login) => b"ERROR login timed out\n",
+            (Protocol::Line, Expiry::Request) => b"ERROR request timed out\n",
+            (Protocol::Memcached, Expiry::Login) => b"CLIENT_ERROR login timed out\r\n",
+            (Protocol::Memcached, Expiry::Request) => b"CLIENT_ERROR request timed out\r\n",
+        }
+    }
 }
 
 /// Connection-level settings.
@@ -86,6 +104,23 @@ pub struct ServerConfig {
     pub max_connections: u64,
     /// Close a connection that sends nothing (or reads nothing) for this long.
     pub idle_timeout: Option<Duration>,
+    /// With `--users`, close a connection not logged in this long after it connected.
+    pub login_timeout: Option<Duration>,
+    /// Close a connection whose request, once begun, is not complete this long after; and
+    /// one that reads nothing of its replies for this long.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    /// `kvserver`'s defaults.
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 1024,
+            idle_timeout: None,
+            login_timeout: Some(Duration::from_secs(10)),
+            request_timeout: Some(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// How long shutdown waits for connections to finish before giving up on them.
@@ -331,14 +366,28 @@ struct Connection {
 
 impl Connection {
     fn run(mut self) {
+        let connected = Instant::now();
         let peer_addr = self.stream.peer_addr().ok();
         let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
         log::debug!("connection {} from {peer} ({})", self.id, self.protocol.name());
-        if let Err(e) = self.serve(peer_addr) {
+        let clock = Clock::default();
+        let result = self.serve(peer_addr, connected, &clock);
+        if let (Err(_), Some(expiry)) = (&result, clock.expired()) {
+            let (what, flag) = match expiry {
+                Expiry::Login => ("not logged in", "--login-timeout"),
+                Expiry::Request => ("request not complete", "--request-timeout"),
+            };
+            log::info!(
+                "closing connection {} from {peer}: {what} after {} ms ({flag})",
+                self.id,
+                connected.elapsed().as_millis()
+            );
+        } else if let Err(e) = result {
             match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                     log::info!(
-                        "closing connection {} from {peer}: idle or not reading (--idle-timeout)",
+                        "closing connection {} from {peer}: idle or not reading its replies \
+                         (--idle-timeout, --request-timeout)",
                         self.id
                     )
                 }
@@ -353,27 +402,49 @@ impl Connection {
         self.ctx.stats.curr_connections.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn serve(&mut self, peer: Option<SocketAddr>) -> io::Result<()> {
+    fn serve(&mut self, peer: Option<SocketAddr>, connected: Instant, clock: &Clock) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
-        self.stream.set_read_timeout(self.config.idle_timeout)?;
-        self.stream.set_write_timeout(self.config.idle_timeout)?;
+        let config = self.config;
+        let mut socket = TimedSocket::new(&self.stream, clock, config.idle_timeout, config.request_timeout)?;
         self.state.conns.lock().insert(self.id, Arc::clone(&self.stream));
         if self.state.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
+        let deadlines = Deadlines {
+            clock,
+            login_by: config.login_timeout.filter(|_| self.ctx.users.is_some()).map(|t| connected + t),
+            request_timeout: config.request_timeout,
+        };
         let mut session = self.protocol.session(&self.ctx, peer);
-        let mut socket: &TcpStream = &self.stream;
         let Some(tls) = &self.tls else {
-            return connection::serve(&mut socket, session.as_mut());
+            let result = connection::serve(&mut socket, session.as_mut(), &deadlines);
+            return self.farewell(result, clock, &mut socket);
         };
         let mut tls = rustls::ServerConnection::new(Arc::clone(tls)).map_err(io::Error::other)?;
-        let result = connection::serve(&mut rustls::Stream::new(&mut tls, &mut socket), session.as_mut());
+        // The handshake counts as a request begun at connection time: a client that dribbles
+        // it is closed at the request deadline (or the login deadline, if sooner).
+        deadlines.arm(session.logged_in(), Some(connected));
+        while tls.is_handshaking() {
+            tls.complete_io(&mut socket)?;
+        }
+        let mut stream = rustls::Stream::new(&mut tls, &mut socket);
+        let result = connection::serve(&mut stream, session.as_mut(), &deadlines);
+        let result = self.farewell(result, clock, &mut stream);
         if result.is_ok() {
             // Tell the client the stream ended on purpose (not a truncation attack).
             tls.send_close_notify();
             while tls.wants_write() {
                 tls.write_tls(&mut socket)?;
             }
+        }
+        result
+    }
+
+    /// After a missed deadline, tells the client why its connection closes.
+    fn farewell(&self, result: io::Result<()>, clock: &Clock, stream: &mut impl io::Write) -> io::Result<()> {
+        if let (Err(_), Some(expiry)) = (&result, clock.expired()) {
+            clock.allow_farewell();
+            let _ = stream.write_all(self.protocol.expired(expiry)).and_then(|()| stream.flush());
         }
         result
     }

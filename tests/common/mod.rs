@@ -249,3 +249,36 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let db = dir.path().join("database.txt");
     (dir, db)
 }
+
+/// What [`dribble`] saw.
+#[derive(Debug)]
+pub struct Dribbled {
+    /// From the first byte sent to the server closing the connection; None if it never did.
+    pub closed_after: Option<Duration>,
+    /// Everything the server sent.
+    pub reply: Vec<u8>,
+}
+
+/// A slow-loris client: sends `bytes` one at a time, then keeps quiet, until the server
+/// closes the connection or `limit` has passed since the first byte. The pace is one byte
+/// per read timeout of the socket underneath (which the caller sets).
+pub fn dribble(stream: &mut (impl Read + Write), bytes: &[u8], limit: Duration) -> Dribbled {
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let mut next = bytes.iter();
+    let mut buf = [0u8; 256];
+    while started.elapsed() < limit {
+        if let Some(byte) = next.next() {
+            if stream.write_all(&[*byte]).and_then(|()| stream.flush()).is_err() {
+                return Dribbled { closed_after: Some(started.elapsed()), reply };
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Dribbled { closed_after: Some(started.elapsed()), reply },
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Dribbled { closed_after: Some(started.elapsed()), reply },
+        }
+    }
+    Dribbled { closed_after: None, reply }
+}

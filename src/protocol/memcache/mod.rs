@@ -411,6 +411,10 @@ impl MemcacheSession {
 }
 
 impl Session for MemcacheSession {
+    fn logged_in(&self) -> bool {
+        self.access.role().is_some()
+    }
+
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         let mut consumed = 0;
         self.registration.active();
