@@ -659,3 +659,71 @@ fn a_tls_handshake_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
     assert!(server.log().contains("request not complete after"), "{}", server.log());
     assert_eq!(text(tls_transcript(server.addr, &cert, b"ping\nquit\n").unwrap()), "PONG\n");
 }
+
+/// The REPORT figure: 1,024 connections that never log in (a blank line each second, the
+/// issue's attack: every slot of the default `--max-connections 1024`) against the default
+/// `--login-timeout` of 10 s; prints when they were closed and how long a real user then
+/// waits to log in. Slow (about 12 s), so run on demand:
+/// `cargo test --test security -- --ignored --nocapture every_slot_held`.
+#[test]
+#[ignore]
+fn every_slot_held_by_dribblers_is_freed_at_the_default_login_deadline() {
+    const DRIBBLERS: usize = 1024;
+    let (dir, db) = temp_db();
+    let server = start(dir.path(), &db, None);
+    let started = Instant::now();
+    let mut open: Vec<(std::net::TcpStream, Instant)> = (0..DRIBBLERS)
+        .map(|_| {
+            let stream = raw_connect(server.addr);
+            stream.set_nonblocking(true).unwrap();
+            (stream, Instant::now())
+        })
+        .collect();
+    eprintln!("{DRIBBLERS} dribblers connected in {:?}", started.elapsed());
+    let login = format!("auth {} {}\nping\nquit\n", READER.0, READER.1);
+    assert_eq!(text(transcript(server.addr, login.as_bytes())), "ERROR too many connections\n");
+    let mut closed_after = Vec::new();
+    let mut farewells = 0;
+    let mut last_blank = Instant::now() - Duration::from_secs(1);
+    while !open.is_empty() && started.elapsed() < Duration::from_secs(30) {
+        let blank = last_blank.elapsed() >= Duration::from_secs(1);
+        if blank {
+            last_blank = Instant::now();
+        }
+        open.retain_mut(|(stream, connected)| {
+            if blank {
+                let _ = stream.write_all(b"\n");
+            }
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    farewells += usize::from(&buf[..n] == b"ERROR login timed out\n");
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => {}
+            }
+            closed_after.push(connected.elapsed());
+            false
+        });
+        thread::sleep(Duration::from_millis(20));
+    }
+    let all_closed = started.elapsed();
+    let login_started = Instant::now();
+    let reply = text(transcript(server.addr, login.as_bytes()));
+    let login_took = login_started.elapsed();
+    closed_after.sort();
+    eprintln!(
+        "{} of {DRIBBLERS} closed ({farewells} with 'ERROR login timed out'), {:?} to {:?} after connecting \
+         (median {:?}); all closed {all_closed:?} after the first connected; a real user then logged in in {login_took:?}",
+        closed_after.len(),
+        closed_after.first(),
+        closed_after.last(),
+        closed_after.get(closed_after.len() / 2),
+    );
+    assert_eq!(closed_after.len(), DRIBBLERS);
+    assert_eq!(farewells, DRIBBLERS);
+    assert!(closed_after.iter().all(|&t| t >= Duration::from_millis(9900) && t < Duration::from_secs(12)));
+    assert_eq!(reply, "OK\nPONG\n");
+}
