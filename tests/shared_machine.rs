@@ -277,7 +277,7 @@ fn an_error_answered_flush_stays_undone(stop_with: i32) {
     if stop_with == libc::SIGTERM {
         assert!(exited.status.success(), "{}", exited.log);
         assert!(exited.log.contains("cut the refused write off"), "{}", exited.log);
-        assert!(!dir.path().join("database.txt.cut").exists());
+        assert!(!dir.path().join("database.txt.cut").exists(), "{}", exited.log);
     }
     let server = Server::start(&db, &[]);
     let mut c = conn(&server);

@@ -31,10 +31,9 @@ use crossbeam_channel::Sender;
 use super::files::{create_fresh, remove_if_present, sibling, sync_dir};
 use super::format::encode_set;
 use super::index::SHARDS;
-use super::writer::Msg;
 use super::{unix_now, Shared, StoreError};
 
-type Waiter = Sender<Result<(), StoreError>>;
+pub(crate) type Waiter = Sender<Result<(), StoreError>>;
 
 /// The live set, written and synced to the temporary file.
 pub(crate) struct Snapshot {
@@ -75,19 +74,23 @@ pub(crate) fn remove_stale_temp(path: &Path) -> io::Result<()> {
 }
 
 impl Compaction {
-    /// Spawns the snapshot thread; it reports back to the writer over `tx`. `start_len` is
-    /// the old log's length now.
+    /// Spawns the snapshot thread, which hands its result to `done` (the writer's install
+    /// step). `start_len` is the old log's length now.
     pub(crate) fn start(
         path: &Path,
         start_len: u64,
         shared: Arc<Shared>,
-        tx: Sender<Msg>,
+        done: impl FnOnce(io::Result<Snapshot>) + Send + 'static,
         waiter: Option<Waiter>,
     ) -> Result<Compaction, (io::Error, Option<Waiter>)> {
         let path = path.to_path_buf();
         let spawned = std::thread::Builder::new().name("compactor".into()).spawn(move || {
-            let result = write_snapshot(&path, &shared, start_len);
-            let _ = tx.send(Msg::SnapshotDone(result));
+            // A panic must still reach `done`, or the compaction would never end.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_snapshot(&path, &shared, start_len)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("the compaction thread panicked")));
+            done(result);
         });
         match spawned {
             Ok(_) => Ok(Compaction { waiters: waiter.into_iter().collect() }),

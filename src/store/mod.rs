@@ -1,19 +1,25 @@
-//! The storage engine: an exact-match index in memory, an append-only text log on disk, and
-//! one writer thread between them.
+//! The storage engine: an exact-match index in memory and an append-only text log on disk.
 //!
 //! Reads ([`Store::get`], [`Store::keys`]) go straight to the index and never wait for the
-//! disk. Writes ([`Store::write`]) are sent over a channel to the writer thread, which decides
-//! each one against the current state (so `add`, `cas`, `incr`… are atomic without any lock
-//! held by the caller), appends a whole batch to the log, makes it durable once per batch
-//! according to the [`FsyncPolicy`], applies it to the index and only then answers. The engine
-//! knows nothing about protocols: the line and memcached front ends both speak [`WriteOp`].
+//! disk. Writes ([`Store::write`]) join a write group (`writer`): the caller that leads it
+//! decides every queued write against the current state (`decide`, a pure function, so
+//! `add`, `cas`, `incr`… are atomic), appends the group's records to the log and makes them
+//! durable once per group according to the [`FsyncPolicy`] (`logfile`), applies them to the index
+//! and only then answers. The engine knows nothing about protocols: the line and memcached
+//! front ends both speak [`WriteOp`], and the engine checks the keys it is given.
+//!
+//! Modules: `decide` (what a batch does), `writer` (the write group and what the write lock
+//! protects), `logfile` (appending, fsync, cut-back, refusal), `format` (one record per line),
+//! `recovery` (start-up replay), `compaction`, `index` (the in-memory map), `cut`, `reserve`
+//! and `files` (small file-system rules).
 
 mod compaction;
 mod cut;
+pub mod decide;
 mod files;
 pub mod format;
 pub mod index;
-mod mailbox;
+mod logfile;
 pub mod recovery;
 mod reserve;
 mod writer;
@@ -25,15 +31,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use format::KeyError;
 use index::Index;
 pub use index::{Item, ItemRef};
-use mailbox::Mailbox;
+
 pub use recovery::LoadError;
 
 /// When a write is made durable before it is acknowledged.
@@ -144,6 +148,17 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// The key the op writes (none for a flush).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            WriteOp::Store { key, .. }
+            | WriteOp::Delete { key, .. }
+            | WriteOp::Touch { key, .. }
+            | WriteOp::Arith { key, .. } => Some(key),
+            WriteOp::Flush => None,
+        }
+    }
+
     /// Key and value bytes the op carries (what it costs in a batch).
     pub fn payload_len(&self) -> usize {
         match self {
@@ -190,6 +205,9 @@ pub enum StoreError {
     OutOfSpace,
     /// Another I/O error; the text is the OS's.
     Io(String),
+    /// The engine does not store this key (the protocols check keys first; this is the
+    /// engine's own guard).
+    InvalidKey(KeyError),
     /// The store is shutting down.
     Closed,
     /// The store refuses every write until it is restarted (a failed fsync, or a log file
@@ -202,6 +220,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::OutOfSpace => write!(f, "out of disk space"),
             StoreError::Io(e) => write!(f, "I/O error: {e}"),
+            StoreError::InvalidKey(e) => e.fmt(f),
             StoreError::Closed => write!(f, "server is shutting down"),
             StoreError::Refused(why) => write!(f, "writes refused until restart: {why}"),
         }
@@ -278,19 +297,16 @@ pub struct StoreStats {
     pub load_millis: u64,
 }
 
-/// State shared by the caller side, the writer and the background threads.
+/// State shared by the callers, the writer and the background threads.
 pub(crate) struct Shared {
     index: Index,
     counters: Counters,
-    /// Cleared when the writer thread exits, even by panic, so no caller waits forever.
-    writer_alive: AtomicBool,
 }
 
 /// The engine. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Store {
     shared: Arc<Shared>,
-    tx: Sender<writer::Msg>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Arc<writer::Writer>,
     fsync: FsyncPolicy,
     load_millis: u64,
 }
@@ -402,27 +418,15 @@ impl Store {
         // now read. Make it durable first.
         file.sync_all().and_then(|()| files::sync_dir(&path)).map_err(io_err)?;
         let load_millis = started.elapsed().as_millis() as u64;
-        let shared =
-            Arc::new(Shared { index, counters: Counters::default(), writer_alive: AtomicBool::new(true) });
+        let shared = Arc::new(Shared { index, counters: Counters::default() });
         let live = shared.index.len() as u64;
         shared.counters.live_keys.store(live, Ordering::Relaxed);
         shared.counters.records.store(report.records, Ordering::Relaxed);
         shared.counters.file_bytes.store(report.file_len, Ordering::Relaxed);
 
-        let (tx, rx): (Sender<writer::Msg>, Receiver<writer::Msg>) = crossbeam_channel::unbounded();
-        let writer = writer::Writer::new(
-            &config,
-            file,
-            report.file_len,
-            last_cas,
-            Arc::clone(&shared),
-            tx.clone(),
-            rx,
-        )
-        .map_err(io_err)?;
-        let handle =
-            std::thread::Builder::new().name("writer".into()).spawn(move || writer.run()).map_err(io_err)?;
-        Ok(Store { shared, tx, writer: Mutex::new(Some(handle)), fsync: config.fsync, load_millis })
+        let writer = writer::Writer::start(&config, file, report.file_len, last_cas, Arc::clone(&shared))
+            .map_err(io_err)?;
+        Ok(Store { shared, writer, fsync: config.fsync, load_millis })
     }
 
     /// The live item under `key`.
@@ -465,62 +469,40 @@ impl Store {
     }
 
     /// Carries out several writes in order and returns their outcomes in the same order, once
-    /// all are durable. They are submitted together, so they usually share one batch and one
-    /// fsync: this is what makes a pipelined stream of writes from one client fast.
+    /// all are durable. They are submitted together, so they share one group and one fsync:
+    /// this is what makes a pipelined stream of writes from one client fast. A write with an
+    /// invalid key is refused ([`StoreError::InvalidKey`]); the others go on.
     pub fn write_many(
         &self,
         ops: impl IntoIterator<Item = WriteOp>,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
-        let mailbox = Mailbox::current();
-        let mut refused = 0;
-        let mut submitted = 0;
-        for op in ops {
-            match self.tx.send(writer::Msg::Write { op, reply: Arc::clone(&mailbox) }) {
-                Ok(()) => submitted += 1,
-                Err(_) => refused += 1,
-            }
+        let mut ops: Vec<WriteOp> = ops.into_iter().collect();
+        let refused: Vec<(usize, KeyError)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(at, op)| op.key().and_then(|key| format::validate_key(key).err()).map(|e| (at, e)))
+            .collect();
+        if refused.is_empty() {
+            return self.writer.write_many(ops);
         }
-        let mut results = Vec::with_capacity(submitted + refused);
-        mailbox.take(submitted, &mut results, || self.shared.writer_alive.load(Ordering::SeqCst));
-        results.extend((0..refused).map(|_| Err(StoreError::Closed)));
-        results
-    }
-
-    /// Waits for the writer's answer to a compaction request; gives up if the writer is gone.
-    fn wait_for<T>(&self, reply: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
-        loop {
-            match reply.recv_timeout(Duration::from_secs(1)) {
-                Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) if self.shared.writer_alive.load(Ordering::SeqCst) => continue,
-                Err(_) => return Err(StoreError::Closed),
-            }
+        for &(at, _) in refused.iter().rev() {
+            ops.remove(at);
         }
-    }
-
-    /// Stores `value` under `key` unconditionally, with no flags or expiry.
-    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.write(WriteOp::Store {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            flags: 0,
-            expires_at: 0,
-            mode: StoreMode::Set,
-        })
-        .map(|_| ())
-    }
-
-    /// Deletes `key`; `Ok(false)` if it was absent.
-    pub fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.write(WriteOp::Delete { key: key.to_vec(), cas: None })
-            .map(|outcome| outcome == WriteOutcome::Deleted)
+        let mut accepted = self.writer.write_many(ops).into_iter();
+        let mut refused = refused.into_iter().peekable();
+        let total = accepted.len() + refused.len();
+        (0..total)
+            .map(|at| match refused.next_if(|&(bad, _)| bad == at) {
+                Some((_, e)) => Err(StoreError::InvalidKey(e)),
+                None => accepted.next().unwrap_or(Err(StoreError::Closed)),
+            })
+            .collect()
     }
 
     /// Rewrites the log to hold only live items; returns when the new log is in place. Writes
     /// go on meanwhile. If a compaction is already running, waits for that one.
     pub fn compact(&self) -> Result<(), StoreError> {
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        self.tx.send(writer::Msg::Compact { reply: Some(reply_tx) }).map_err(|_| StoreError::Closed)?;
-        self.wait_for(&reply_rx)
+        self.writer.compact()
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -542,13 +524,10 @@ impl Store {
         }
     }
 
-    /// Finishes every queued write (and a running compaction), fsyncs the log and stops the
-    /// writer. Later writes fail with [`StoreError::Closed`]. Idempotent.
+    /// Finishes every queued write (and a running compaction) and fsyncs the log. Later
+    /// writes fail with [`StoreError::Closed`]. Idempotent.
     pub fn shutdown(&self) {
-        let Some(handle) = self.writer.lock().take() else { return };
-        if self.tx.send(writer::Msg::Shutdown).is_ok() && handle.join().is_err() {
-            log::error!("the writer thread panicked during shutdown");
-        }
+        self.writer.shutdown();
     }
 }
 
