@@ -584,3 +584,84 @@ fn a_metadump_of_many_keys_is_complete_and_in_order() {
     assert_eq!(listed.len(), keys);
     assert_eq!(dump.lines().count(), keys + 2);
 }
+
+/// `write_batches` and `fsyncs` from the line protocol's `stats`.
+fn batches_and_fsyncs(server: &Server) -> (u64, u64) {
+    let lines = server.client().request(b"stats").unwrap();
+    let stat = |name: &str| -> u64 {
+        let prefix = format!("STAT {name} ");
+        lines
+            .iter()
+            .find_map(|l| std::str::from_utf8(l).ok()?.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in stats"))
+    };
+    (stat("write_batches"), stat("fsyncs"))
+}
+
+/// Every pipelined write command joins the group commit, as storage commands do: 200
+/// pipelined deletes (or incr, touch, ms, md, ma, gat keys) share a few batches and fsyncs
+/// instead of paying one each, and the replies stay in request order.
+#[test]
+fn pipelined_write_commands_share_batches_and_keep_their_order() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = Server::start_memcached(&db, &["--fsync", "always"]);
+    let mut mc = raw_connect(addr);
+    let n = 200;
+    let pipeline = |mc: &mut TcpStream, request: &dyn Fn(usize) -> String| {
+        let all: String = (0..n).map(request).collect();
+        text(exchange(mc, format!("{all}mn\r\n").as_bytes(), b"MN\r\n"))
+    };
+    pipeline(&mut mc, &|i| format!("set k{i} 0 0 1 noreply\r\n{}\r\n", i % 10));
+    // (command, its i-th request, its i-th reply)
+    type Nth<'a> = &'a dyn Fn(usize) -> String;
+    let commands: [(&str, Nth, Nth); 7] = [
+        ("incr", &|i| format!("incr k{i} {i}\r\n"), &|i| format!("{}\r\n", i % 10 + i)),
+        ("touch", &|i| format!("touch k{i} 1000\r\n"), &|_| "TOUCHED\r\n".into()),
+        ("gat", &|i| format!("gat 1000 k{i} nokey\r\n"), &|i| {
+            let v = (i % 10 + i).to_string();
+            format!("VALUE k{i} 0 {}\r\n{v}\r\nEND\r\n", v.len())
+        }),
+        ("ms", &|i| format!("ms k{i} 2 T0 k\r\nms\r\n"), &|i| format!("HD kk{i}\r\n")),
+        ("ma", &|i| format!("ma m{i} N0 J{i} v\r\n"), &|i| format!("VA {}\r\n{i}\r\n", i.to_string().len())),
+        ("md", &|i| format!("md m{i} q\r\nmd m{i}\r\n"), &|_| "NF\r\n".into()),
+        ("delete", &|i| format!("delete k{i}\r\ndelete k{i}\r\n"), &|_| "DELETED\r\nNOT_FOUND\r\n".into()),
+    ];
+    for (name, request, reply) in commands {
+        let (batches, fsyncs) = batches_and_fsyncs(&server);
+        let replies = pipeline(&mut mc, request);
+        let (batches, fsyncs) = {
+            let (b, f) = batches_and_fsyncs(&server);
+            (b - batches, f - fsyncs)
+        };
+        let expected: String = (0..n).map(reply).collect();
+        assert_eq!(replies, format!("{expected}MN\r\n"), "{name}: replies in request order");
+        assert!(
+            batches <= 20 && fsyncs <= 20,
+            "{name}: {n} pipelined took {batches} batches, {fsyncs} fsyncs"
+        );
+    }
+}
+
+/// `ma` is one store write, even when it creates the counter and sets its TTL; and the TTL it
+/// reports is the one stored, clamped to what the log holds (issue 10 item 10).
+#[test]
+fn meta_arithmetic_is_one_write_and_reports_the_stored_ttl() {
+    let (_dir, db) = temp_db();
+    let (server, addr) = Server::start_memcached(&db, &[]);
+    let mut mc = raw_connect(addr);
+    let (before, _) = batches_and_fsyncs(&server);
+    assert_eq!(text(exchange(&mut mc, b"ma c N100 J5 T200 v t\r\n", b"\r\n5\r\n")), "VA 1 t100\r\n5\r\n");
+    assert_eq!(text(exchange(&mut mc, b"ma c T300 D2 v t\r\n", b"\r\n7\r\n")), "VA 1 t300\r\n7\r\n");
+    let (after, _) = batches_and_fsyncs(&server);
+    assert_eq!(after - before, 2, "two ma, two writes");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let max_ttl = i64::from(u32::MAX) - now;
+    for request in [&b"ma huge N99999999999 t\r\n"[..], b"ma c T99999999999 t\r\n"] {
+        let reply = text(exchange(&mut mc, request, b"\r\n"));
+        let ttl: i64 = reply.trim_end().strip_prefix("HD t").expect(&reply).parse().unwrap();
+        assert!((max_ttl - 2..=max_ttl).contains(&ttl), "{reply}: the stored expiry is 2^32-1");
+        let key = if request.starts_with(b"ma huge") { "huge" } else { "c" };
+        let stored = text(exchange(&mut mc, format!("mg {key} t\r\n").as_bytes(), b"\r\n"));
+        assert_eq!(stored, format!("HD t{ttl}\r\n"), "mg sees the TTL ma reported");
+    }
+}

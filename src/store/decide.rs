@@ -24,7 +24,9 @@
 //! memcached's rules implemented here: `add` only if absent, `replace`/`append`/`prepend`
 //! only if present (the last two keep flags and expiry), `cas` only if the unique matches
 //! (`NOT_FOUND` if absent), delete with a CAS, touch, incr/decr on a decimal of at most 20
-//! digits (incr wraps at 2^64, decr stops at 0, the item keeps its expiry), expiry capped at
+//! digits (incr wraps at 2^64, decr stops at 0, the item keeps its expiry unless the op gives
+//! one; an absent key is created at an initial value when the op asks, as meta `ma N` and
+//! binary incr/decr do), expiry capped at
 //! `MAX_EXPIRES_AT`, and an item stored already expired is a delete (the old value goes, the
 //! new one is never seen).
 
@@ -248,28 +250,27 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                     WriteOutcome::Touched(item)
                 }
             },
-            WriteOp::Arith { key, delta, incr, cas } => {
+            WriteOp::Arith { key, delta, incr, cas, create, expires_at: new_expiry } => {
                 let found = self.peek(key, |item| {
                     item.map(|item| (parse_number::<u64>(item.value), item.flags, item.expires_at, item.cas))
                 });
-                match found {
-                    None => WriteOutcome::NotFound,
-                    Some((_, _, _, old)) if cas.is_some_and(|c| c != old) => WriteOutcome::Exists,
-                    Some((None, ..)) => WriteOutcome::NonNumeric,
-                    Some((Some(number), flags, expires_at, _)) => {
+                let (value, flags, expires_at) = match (found, create) {
+                    (None, None) => return WriteOutcome::NotFound,
+                    // Created at the initial value; the delta is not applied (memcached's rule).
+                    (None, Some(new)) => (new.initial, 0, new.expires_at),
+                    (Some((_, _, _, old)), _) if cas.is_some_and(|c| c != old) => {
+                        return WriteOutcome::Exists
+                    }
+                    (Some((None, ..)), _) => return WriteOutcome::NonNumeric,
+                    (Some((Some(number), flags, expires_at, _)), _) => {
                         let value =
                             if *incr { number.wrapping_add(*delta) } else { number.saturating_sub(*delta) };
-                        let cas = self.take_cas();
-                        self.push(Effect::Set {
-                            key,
-                            value: Cow::Owned(value.to_string().into_bytes()),
-                            flags,
-                            expires_at,
-                            cas,
-                        });
-                        WriteOutcome::Counter { value, cas, expires_at }
+                        (value, flags, new_expiry.unwrap_or(expires_at))
                     }
-                }
+                };
+                let expires_at = expires_at.min(MAX_EXPIRES_AT);
+                let cas = self.store(key, Cow::Owned(value.to_string().into_bytes()), flags, expires_at);
+                WriteOutcome::Counter { value, cas, expires_at }
             }
             WriteOp::Flush => {
                 self.push(Effect::Flush);
@@ -468,7 +469,14 @@ mod tests {
             .with("two", "2", 4, 9_000, 2)
             .with("text", "abc", 0, 0, 3)
             .with("long", "123456789012345678901", 0, 0, 4);
-        let arith = |key: &str, delta, incr, cas| WriteOp::Arith { key: key.into(), delta, incr, cas };
+        let arith = |key: &str, delta, incr, cas| WriteOp::Arith {
+            key: key.into(),
+            delta,
+            incr,
+            cas,
+            create: None,
+            expires_at: None,
+        };
         let ops = [
             arith("max", 1, true, None),
             arith("two", 5, false, None),
@@ -532,7 +540,14 @@ mod tests {
                         1 => store(key, value, StoreMode::Add),
                         2 => store(key, value, StoreMode::Append),
                         3 => WriteOp::Delete { key: key.into(), cas: None },
-                        4 => WriteOp::Arith { key: key.into(), delta: extra, incr: true, cas: None },
+                        4 => WriteOp::Arith {
+                            key: key.into(),
+                            delta: extra,
+                            incr: true,
+                            cas: None,
+                            create: None,
+                            expires_at: None,
+                        },
                         _ => WriteOp::Touch { key: key.into(), expires_at: extra },
                     }
                 })

@@ -136,15 +136,28 @@ pub enum WriteOp {
         expires_at: u64,
     },
     /// memcached's incr/decr on a decimal value: incr wraps at 2^64, decr stops at 0. With
-    /// `cas`, only if the item's CAS unique equals it (meta `ma … C<cas>`).
+    /// `cas`, only if the item's CAS unique equals it (meta `ma … C<cas>`). All of meta `ma`
+    /// and binary incr/decr is this one write: `create` makes an absent key a counter instead
+    /// of `NotFound`, and `expires_at` gives a present one a new expiry.
     Arith {
         key: Vec<u8>,
         delta: u64,
         incr: bool,
         cas: Option<u64>,
+        /// For an absent key: store `initial` (the delta is not applied) with this expiry.
+        create: Option<NewCounter>,
+        /// For a present key: its new expiry (0 = never); None keeps it.
+        expires_at: Option<u64>,
     },
     /// Delete every item.
     Flush,
+}
+
+/// The item [`WriteOp::Arith`] creates for an absent key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewCounter {
+    pub initial: u64,
+    pub expires_at: u64,
 }
 
 impl WriteOp {
@@ -187,7 +200,7 @@ pub enum WriteOutcome {
     Counter {
         value: u64,
         cas: u64,
-        /// The item's expiry, which incr/decr keeps.
+        /// The item's expiry as stored (clamped to what the log can hold).
         expires_at: u64,
     },
     /// incr/decr on a value that is not a decimal number.

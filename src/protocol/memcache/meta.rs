@@ -18,10 +18,10 @@
 //! ignores `N` for ms).
 
 use super::request::{expires_at, remaining_ttl, valid_key};
-use super::Executor;
+use super::{server_error, Executor};
 use crate::protocol::push_decimal;
 use crate::stats::ServerStats;
-use crate::store::{unix_now, Item, StoreMode, WriteOp, WriteOutcome};
+use crate::store::{unix_now, Item, NewCounter, StoreError, StoreMode, WriteOp, WriteOutcome};
 
 /// Which meta command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +50,13 @@ const BAD_TOKEN: &str = "CLIENT_ERROR bad token in command line format";
 
 /// The flags of one meta request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetaFlags<'a> {
+pub struct MetaFlags {
     /// Flags echoed back in replies (`k f t c s O`), in request order.
     returns: Vec<u8>,
     pub value: bool,
     pub quiet: bool,
-    pub opaque: Option<&'a [u8]>,
+    /// Owned, so that a queued write's reply can carry it (see `PendingWrite`).
+    pub opaque: Option<Box<[u8]>>,
     pub ttl: Option<i64>,
     pub client_flags: Option<u32>,
     pub compare_cas: Option<u64>,
@@ -66,9 +67,9 @@ pub struct MetaFlags<'a> {
     pub initial: Option<u64>,
 }
 
-impl<'a> MetaFlags<'a> {
+impl MetaFlags {
     /// Parses the flag tokens that follow the key (and, for ms, the data length).
-    pub fn parse(kind: MetaKind, tokens: &[&'a [u8]]) -> Result<MetaFlags<'a>, &'static str> {
+    pub fn parse(kind: MetaKind, tokens: &[&[u8]]) -> Result<MetaFlags, &'static str> {
         let mut flags = MetaFlags::default();
         let mut seen = [false; 128];
         // memcached reports a bad numeric argument of ma with the generic flag error.
@@ -101,7 +102,7 @@ impl<'a> MetaFlags<'a> {
                     if arg.iter().any(|b| b.is_ascii_control()) {
                         return Err(BAD_TOKEN);
                     }
-                    flags.opaque = Some(arg);
+                    flags.opaque = Some(arg.into());
                     flags.returns.push(flag);
                 }
                 b'T' => flags.ttl = Some(signed()?),
@@ -134,7 +135,7 @@ impl<'a> MetaFlags<'a> {
                 }
                 (b'O', _) => {
                     out.extend_from_slice(b" O");
-                    out.extend_from_slice(self.opaque.unwrap_or_default());
+                    out.extend_from_slice(self.opaque.as_deref().unwrap_or_default());
                 }
                 (b'f', Some(item)) => push_flag_number(b'f', item.flags.into(), out),
                 (b't', Some(item)) => {
@@ -177,19 +178,11 @@ impl<'a> MetaFlags<'a> {
 }
 
 impl Executor<'_> {
-    pub(super) fn meta(&self, kind: MetaKind, key: &[u8], flags: &MetaFlags, data: &[u8], out: &mut Vec<u8>) {
+    /// `mg`, answered at once (it writes only for `T` or `N`).
+    pub(super) fn meta_get(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
         debug_assert!(valid_key(key));
-        ServerStats::bump(&self.counters().cmd_meta);
-        match kind {
-            MetaKind::Get => self.meta_get(key, flags, out),
-            MetaKind::Set => self.meta_set(key, flags, data, out),
-            MetaKind::Delete => self.meta_delete(key, flags, out),
-            MetaKind::Arith => self.meta_arith(key, flags, out),
-        }
-    }
-
-    fn meta_get(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
         let c = self.counters();
+        ServerStats::bump(&c.cmd_meta);
         ServerStats::bump(&c.cmd_get);
         let now = unix_now();
         let mut found = None;
@@ -240,121 +233,130 @@ impl Executor<'_> {
         }
     }
 
-    fn meta_set(&self, key: &[u8], flags: &MetaFlags, data: &[u8], out: &mut Vec<u8>) {
+    /// The one store write of `ms`, `md` or `ma`; its reply comes from [`Executor::meta_reply`]
+    /// once the write is decided (they join the group commit of pipelined writes).
+    pub(super) fn meta_write(&self, kind: MetaKind, key: &[u8], flags: &MetaFlags, data: &[u8]) -> WriteOp {
         let c = self.counters();
-        ServerStats::bump(&c.cmd_set);
-        let mode = match (flags.compare_cas, flags.mode) {
-            (Some(cas), _) => StoreMode::Cas(cas),
-            (None, Some(b'E')) => StoreMode::Add,
-            (None, Some(b'A')) => StoreMode::Append,
-            (None, Some(b'P')) => StoreMode::Prepend,
-            (None, Some(b'R')) => StoreMode::Replace,
-            (None, _) => StoreMode::Set,
-        };
-        let op = WriteOp::Store {
-            key: key.to_vec(),
-            value: data.to_vec(),
-            flags: flags.client_flags.unwrap_or(0),
-            expires_at: expires_at(flags.ttl.unwrap_or(0), unix_now()),
-            mode,
-        };
-        let Some(outcome) = self.write(op, out) else { return };
-        self.count_cas(mode, &outcome);
-        match outcome {
-            WriteOutcome::Stored { cas } => {
-                let item = Item { value: Box::default(), flags: 0, expires_at: 0, cas };
-                flags.status("HD", true, key, Some(&item), out);
-            }
-            WriteOutcome::NotStored => flags.status("NS", false, key, None, out),
-            WriteOutcome::Exists => flags.status("EX", false, key, None, out),
-            WriteOutcome::NotFound => flags.status("NF", false, key, None, out),
-            WriteOutcome::TooLarge => self.too_large(out),
-            other => self.unexpected(&other, out),
-        }
-    }
-
-    fn meta_delete(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
-        let c = self.counters();
-        let op = WriteOp::Delete { key: key.to_vec(), cas: flags.compare_cas };
-        match self.write(op, out) {
-            None => {}
-            Some(WriteOutcome::Deleted) => {
-                ServerStats::bump(&c.delete_hits);
-                flags.status("HD", true, key, None, out);
-            }
-            Some(WriteOutcome::NotFound) => {
-                ServerStats::bump(&c.delete_misses);
-                flags.status("NF", false, key, None, out);
-            }
-            Some(WriteOutcome::Exists) => flags.status("EX", false, key, None, out),
-            Some(other) => self.unexpected(&other, out),
-        }
-    }
-
-    fn meta_arith(&self, key: &[u8], flags: &MetaFlags, out: &mut Vec<u8>) {
-        let c = self.counters();
-        let incr = matches!(flags.mode, None | Some(b'I' | b'+'));
-        let delta = flags.delta.unwrap_or(1);
+        ServerStats::bump(&c.cmd_meta);
         let now = unix_now();
-        let (hits, misses) =
-            if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
-        let arith = |cas| WriteOp::Arith { key: key.to_vec(), delta, incr, cas };
-        let outcome = self.write(arith(flags.compare_cas), out);
-        let outcome = match (outcome, flags.vivify) {
-            (None, _) => return,
-            (Some(WriteOutcome::NotFound), Some(ttl)) => {
-                // Auto-vivify: the item starts at the initial value, unchanged by the delta.
-                let initial = flags.initial.unwrap_or(0);
-                let expires = expires_at(ttl, now);
-                let op = WriteOp::Store {
+        match kind {
+            MetaKind::Set => {
+                ServerStats::bump(&c.cmd_set);
+                WriteOp::Store {
                     key: key.to_vec(),
-                    value: initial.to_string().into_bytes(),
-                    flags: 0,
-                    expires_at: expires,
-                    mode: StoreMode::Add,
-                };
-                match self.write(op, out) {
-                    Some(WriteOutcome::Stored { cas }) => {
-                        WriteOutcome::Counter { value: initial, cas, expires_at: expires }
-                    }
-                    // Another client created it meanwhile: count on that one.
-                    Some(_) => match self.write(arith(None), out) {
-                        Some(outcome) => outcome,
-                        None => return,
-                    },
-                    None => return,
+                    value: data.to_vec(),
+                    flags: flags.client_flags.unwrap_or(0),
+                    expires_at: expires_at(flags.ttl.unwrap_or(0), now),
+                    mode: meta_set_mode(flags),
                 }
             }
-            (Some(outcome), _) => outcome,
-        };
-        match outcome {
-            WriteOutcome::Counter { value, cas, expires_at: mut expires } => {
-                ServerStats::bump(hits);
-                if let Some(ttl) = flags.ttl {
-                    expires = expires_at(ttl, now);
-                    if self.write(WriteOp::Touch { key: key.to_vec(), expires_at: expires }, out).is_none() {
-                        return;
-                    }
-                }
-                let item =
-                    Item { value: value.to_string().into_bytes().into(), flags: 0, expires_at: expires, cas };
-                // Quiet mode hides a successful ma's reply, value included.
-                if flags.value && !flags.quiet {
-                    flags.value_reply(key, &item, "", now, out);
-                } else {
-                    flags.status("HD", true, key, Some(&item), out);
-                }
-            }
-            WriteOutcome::NotFound => {
-                ServerStats::bump(misses);
-                flags.status("NF", false, key, None, out);
-            }
-            WriteOutcome::Exists => flags.status("EX", false, key, None, out),
-            WriteOutcome::NotStored => flags.status("NS", false, key, None, out),
-            WriteOutcome::NonNumeric => self.non_numeric(out),
-            other => self.unexpected(&other, out),
+            MetaKind::Delete => WriteOp::Delete { key: key.to_vec(), cas: flags.compare_cas },
+            MetaKind::Arith => WriteOp::Arith {
+                key: key.to_vec(),
+                delta: flags.delta.unwrap_or(1),
+                incr: meta_incr(flags),
+                cas: flags.compare_cas,
+                // Auto-vivify: the item starts at the initial value, unchanged by the delta.
+                create: flags.vivify.map(|ttl| NewCounter {
+                    initial: flags.initial.unwrap_or(0),
+                    expires_at: expires_at(ttl, now),
+                }),
+                expires_at: flags.ttl.map(|ttl| expires_at(ttl, now)),
+            },
+            MetaKind::Get => unreachable!("mg is answered by meta_get"),
         }
     }
+
+    /// The reply to `ms`, `md` or `ma` once its write is decided.
+    pub(super) fn meta_reply(
+        &self,
+        kind: MetaKind,
+        key: &[u8],
+        flags: &MetaFlags,
+        result: Result<WriteOutcome, StoreError>,
+        out: &mut Vec<u8>,
+    ) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => return server_error(&e, out),
+        };
+        let c = self.counters();
+        match kind {
+            MetaKind::Set => {
+                let mode = meta_set_mode(flags);
+                self.count_cas(mode, &outcome);
+                match outcome {
+                    WriteOutcome::Stored { cas } => {
+                        let item = Item { value: Box::default(), flags: 0, expires_at: 0, cas };
+                        flags.status("HD", true, key, Some(&item), out);
+                    }
+                    WriteOutcome::NotStored => flags.status("NS", false, key, None, out),
+                    WriteOutcome::Exists => flags.status("EX", false, key, None, out),
+                    WriteOutcome::NotFound => flags.status("NF", false, key, None, out),
+                    WriteOutcome::TooLarge => self.too_large(out),
+                    other => self.unexpected(&other, out),
+                }
+            }
+            MetaKind::Delete => match outcome {
+                WriteOutcome::Deleted => {
+                    ServerStats::bump(&c.delete_hits);
+                    flags.status("HD", true, key, None, out);
+                }
+                WriteOutcome::NotFound => {
+                    ServerStats::bump(&c.delete_misses);
+                    flags.status("NF", false, key, None, out);
+                }
+                WriteOutcome::Exists => flags.status("EX", false, key, None, out),
+                other => self.unexpected(&other, out),
+            },
+            MetaKind::Arith => {
+                let (hits, misses) = if meta_incr(flags) {
+                    (&c.incr_hits, &c.incr_misses)
+                } else {
+                    (&c.decr_hits, &c.decr_misses)
+                };
+                match outcome {
+                    WriteOutcome::Counter { value, cas, expires_at } => {
+                        ServerStats::bump(hits);
+                        // `expires_at` is the expiry as stored (clamped), so `t` reports it.
+                        let item =
+                            Item { value: value.to_string().into_bytes().into(), flags: 0, expires_at, cas };
+                        // Quiet mode hides a successful ma's reply, value included.
+                        if flags.value && !flags.quiet {
+                            flags.value_reply(key, &item, "", unix_now(), out);
+                        } else {
+                            flags.status("HD", true, key, Some(&item), out);
+                        }
+                    }
+                    WriteOutcome::NotFound => {
+                        ServerStats::bump(misses);
+                        flags.status("NF", false, key, None, out);
+                    }
+                    WriteOutcome::Exists => flags.status("EX", false, key, None, out),
+                    WriteOutcome::NonNumeric => self.non_numeric(out),
+                    other => self.unexpected(&other, out),
+                }
+            }
+            MetaKind::Get => unreachable!("mg is answered by meta_get"),
+        }
+    }
+}
+
+/// The store mode of an `ms`: a CAS compare wins over `M`.
+fn meta_set_mode(flags: &MetaFlags) -> StoreMode {
+    match (flags.compare_cas, flags.mode) {
+        (Some(cas), _) => StoreMode::Cas(cas),
+        (None, Some(b'E')) => StoreMode::Add,
+        (None, Some(b'A')) => StoreMode::Append,
+        (None, Some(b'P')) => StoreMode::Prepend,
+        (None, Some(b'R')) => StoreMode::Replace,
+        (None, _) => StoreMode::Set,
+    }
+}
+
+/// Whether an `ma` increments (the default) or decrements.
+fn meta_incr(flags: &MetaFlags) -> bool {
+    matches!(flags.mode, None | Some(b'I' | b'+'))
 }
 
 /// Appends a returned flag with its number, such as ` c12`.
@@ -367,7 +369,7 @@ fn push_flag_number(flag: u8, n: u64, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn parse(kind: MetaKind, line: &str) -> Result<MetaFlags<'_>, &'static str> {
+    fn parse(kind: MetaKind, line: &str) -> Result<MetaFlags, &'static str> {
         let tokens: Vec<&[u8]> = line.split(' ').filter(|t| !t.is_empty()).map(str::as_bytes).collect();
         MetaFlags::parse(kind, &tokens)
     }
@@ -377,7 +379,7 @@ mod tests {
         let f = parse(MetaKind::Get, "v k t Oabc T30 q").unwrap();
         assert!(f.value && f.quiet);
         assert_eq!(f.returns, b"ktO");
-        assert_eq!(f.opaque, Some(&b"abc"[..]));
+        assert_eq!(f.opaque.as_deref(), Some(&b"abc"[..]));
         assert_eq!(f.ttl, Some(30));
         let f = parse(MetaKind::Set, "F7 C9 MA I").unwrap();
         assert_eq!((f.client_flags, f.compare_cas, f.mode), (Some(7), Some(9), Some(b'A')));

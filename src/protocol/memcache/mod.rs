@@ -92,28 +92,64 @@ enum State {
     Retrieving { with_cas: bool, touch: Option<i64> },
 }
 
-/// Pipelined storage commands gathered before they are submitted together, so that they
+/// Pipelined write commands (storage commands, `delete`, `incr`/`decr`, `touch`, `ms`, `md`,
+/// `ma`, each key of `gat`/`gats`) gathered before they are submitted together, so that they
 /// share one batch and one fsync (a proxy such as twemproxy multiplexes many clients onto one
-/// connection, so this is where group commit pays off); bounded in count and bytes.
+/// connection, so this is where group commit pays off); bounded in count, in bytes sent and
+/// in the reply bytes `gat` keys are expected to bring.
 const MAX_PENDING_WRITES: usize = 1024;
 const MAX_PENDING_BYTES: usize = 4 << 20;
 
-/// A storage command queued for submission, with what its reply needs.
-struct PendingStore {
-    op: WriteOp,
-    mode: StoreMode,
-    noreply: bool,
+/// A write queued for submission (or, for [`Reply::End`], only a reply), with what its reply
+/// needs.
+struct PendingWrite {
+    op: Option<WriteOp>,
+    reply: Reply,
+}
+
+/// How the reply to a queued write is encoded once its outcome is known.
+enum Reply {
+    Store {
+        mode: StoreMode,
+        noreply: bool,
+    },
+    Delete {
+        noreply: bool,
+    },
+    Arith {
+        incr: bool,
+        noreply: bool,
+    },
+    Touch {
+        noreply: bool,
+    },
+    /// One key of `gat`/`gats`: its `VALUE` block on a hit.
+    GatValue {
+        key: Vec<u8>,
+        with_cas: bool,
+    },
+    /// The `END` after the keys of a `gat`/`gats`.
+    End,
+    Meta {
+        kind: meta::MetaKind,
+        key: Vec<u8>,
+        flags: meta::MetaFlags,
+    },
 }
 
 /// memcached-protocol state of one connection.
 pub struct MemcacheSession {
     ctx: Arc<Context>,
     state: State,
-    /// Consecutive storage commands not yet submitted. They are flushed before any other
+    /// Consecutive write commands not yet submitted. They are flushed before any other
     /// request runs or any other reply is written, so replies keep request order and reads
     /// see the writes before them.
-    pending: Vec<PendingStore>,
+    pending: Vec<PendingWrite>,
+    /// Bytes the queued writes carry plus the reply bytes their `gat` keys are expected to
+    /// bring (the values' sizes when they were queued).
     pending_bytes: usize,
+    /// Times the queue was flushed, to tell queued replies from an error reply in `process`.
+    flushes: u64,
     access: Access,
     /// A listing (`stats cachedump`, `lru_crawler metadump`) not finished yet: it goes on
     /// before any later request is read.
@@ -131,6 +167,7 @@ impl MemcacheSession {
             state: State::Ready,
             pending: Vec::new(),
             pending_bytes: 0,
+            flushes: 0,
             access,
             dump: None,
             output_full: false,
@@ -196,20 +233,73 @@ impl MemcacheSession {
         }
     }
 
-    /// Submits the queued storage commands together and appends their replies in order.
+    /// Queues a write; its reply is appended when the queue is flushed. Flushes at once when
+    /// the queue is full. `reply_bytes` is what its reply is expected to add beyond a status.
+    fn queue(&mut self, op: WriteOp, reply: Reply, reply_bytes: usize, out: &mut Vec<u8>) {
+        self.pending_bytes += op.payload_len() + reply_bytes;
+        self.pending.push(PendingWrite { op: Some(op), reply });
+        if self.pending.len() >= MAX_PENDING_WRITES
+            || self.pending_bytes >= MAX_PENDING_BYTES
+            || reply_bytes > 0 && self.pending_bytes >= FLUSH_THRESHOLD
+        {
+            self.flush_pending(out);
+        }
+    }
+
+    /// Submits the queued writes together and appends their replies in order.
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
         if self.pending.is_empty() {
             return;
         }
         self.pending_bytes = 0;
-        let pending = std::mem::take(&mut self.pending);
-        let (replies, ops): (Vec<_>, Vec<_>) =
-            pending.into_iter().map(|p| ((p.mode, p.noreply), p.op)).unzip();
+        self.flushes += 1;
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut results =
+            self.ctx.store.write_many(pending.iter_mut().filter_map(|p| p.op.take())).into_iter();
         let executor = Executor { ctx: &self.ctx };
-        for ((mode, noreply), result) in replies.into_iter().zip(self.ctx.store.write_many(ops)) {
+        // After a store error in a `gat`, the rest of that request is dropped (no `END`).
+        let mut failed_retrieval = false;
+        for PendingWrite { reply, .. } in pending {
+            if let Reply::End = reply {
+                if !std::mem::take(&mut failed_retrieval) {
+                    out.extend_from_slice(b"END\r\n");
+                }
+                continue;
+            }
+            let result = results.next().unwrap_or(Err(StoreError::Closed));
+            if failed_retrieval {
+                continue;
+            }
             let before = out.len();
-            executor.store_reply(mode, result, out);
+            let noreply = match reply {
+                Reply::Store { mode, noreply } => {
+                    executor.store_reply(mode, result, out);
+                    noreply
+                }
+                Reply::Delete { noreply } => {
+                    executor.delete_reply(result, out);
+                    noreply
+                }
+                Reply::Arith { incr, noreply } => {
+                    executor.arith_reply(incr, result, out);
+                    noreply
+                }
+                Reply::Touch { noreply } => {
+                    executor.touch_reply(result, out);
+                    noreply
+                }
+                Reply::GatValue { key, with_cas } => {
+                    failed_retrieval = !executor.gat_reply(&key, with_cas, result, out);
+                    false
+                }
+                Reply::Meta { kind, key, flags } => {
+                    executor.meta_reply(kind, &key, &flags, result, out);
+                    false
+                }
+                Reply::End => unreachable!("handled above"),
+            };
             if noreply {
+                // memcached sends nothing at all for a noreply request, errors included.
                 out.truncate(before);
             }
         }
@@ -275,14 +365,19 @@ impl MemcacheSession {
             return (line_end, false);
         }
         if let Request::Get { keys, with_cas, touch } = request {
-            self.flush_pending(out);
+            if touch.is_none() {
+                // A read sees the writes before it.
+                self.flush_pending(out);
+            }
             ServerStats::bump(&self.ctx.stats.commands);
             // The key list is a slice of `input`.
             let from = keys.as_bytes().as_ptr() as usize - input.as_ptr() as usize;
             return (self.retrieve(input, from, with_cas, touch, out), false);
         }
         let Some(bytes) = bytes else {
-            self.flush_pending(out);
+            if !request.joins_group_commit() {
+                self.flush_pending(out);
+            }
             let close = self.execute(&request, &[], out);
             return (line_end, close);
         };
@@ -307,9 +402,6 @@ impl MemcacheSession {
             return (line_end + bytes, false);
         }
         let data = &input[line_end..line_end + bytes];
-        if !matches!(request, Request::Store { .. }) {
-            self.flush_pending(out);
-        }
         let close = self.execute(&request, data, out);
         (block_end, close)
     }
@@ -328,7 +420,6 @@ impl MemcacheSession {
     ) -> usize {
         let newline = from + input[from..].iter().position(|&b| b == b'\n').expect("a complete line");
         let end = if newline > from && input[newline - 1] == b'\r' { newline - 1 } else { newline };
-        let executor = Executor { ctx: &self.ctx };
         let mut pos = from;
         let mut answered = false;
         self.state = State::Ready;
@@ -337,7 +428,10 @@ impl MemcacheSession {
                 pos += 1;
             }
             if pos == end {
-                out.extend_from_slice(b"END\r\n");
+                match touch {
+                    None => out.extend_from_slice(b"END\r\n"),
+                    Some(_) => self.pending.push(PendingWrite { op: None, reply: Reply::End }),
+                }
                 return newline + 1;
             }
             if answered && out.len() >= FLUSH_THRESHOLD {
@@ -345,9 +439,20 @@ impl MemcacheSession {
                 return pos;
             }
             let key_end = input[pos..end].iter().position(|&b| b == b' ').map_or(end, |i| pos + i);
-            if !executor.get_one(&input[pos..key_end], with_cas, touch, out) {
-                // A store error (SERVER_ERROR written): the rest of the request is dropped.
-                return newline + 1;
+            let key = &input[pos..key_end];
+            match touch {
+                None => Executor { ctx: &self.ctx }.get_one(key, with_cas, out),
+                Some(exptime) => {
+                    // A write: it joins the group commit; the reply is expected to be about
+                    // the value's size, so the queue is flushed before replies pile up.
+                    let (c, now) = (&self.ctx.stats.cache, unix_now());
+                    ServerStats::bump(&c.cmd_get);
+                    ServerStats::bump(&c.cmd_touch);
+                    let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, now) };
+                    let size = self.ctx.store.with_item(key, |item| item.map_or(0, |i| i.value.len()));
+                    let reply = Reply::GatValue { key: key.to_vec(), with_cas };
+                    self.queue(op, reply, size + key.len() + 64, out);
+                }
             }
             answered = true;
             pos = key_end;
@@ -357,31 +462,16 @@ impl MemcacheSession {
     /// Runs one request; `data` is its data block. Returns true to close the connection.
     fn execute(&mut self, request: &Request, data: &[u8], out: &mut Vec<u8>) -> bool {
         ServerStats::bump(&self.ctx.stats.commands);
+        if let Some((op, reply)) = self.write_of(request, data) {
+            // Answered (or, for noreply, not) when the queue is flushed (see `pending`).
+            self.queue(op, reply, 0, out);
+            return false;
+        }
         let executor = Executor { ctx: &self.ctx };
         let noreply = request.noreply();
         let before = out.len();
         match request {
-            Request::Store { kind, key, flags, exptime, cas, noreply, .. } => {
-                // Queued: answered when the queue is flushed (see `pending`).
-                ServerStats::bump(&self.ctx.stats.cache.cmd_set);
-                let mode = kind.mode(*cas);
-                self.pending_bytes += key.len() + data.len();
-                self.pending.push(PendingStore {
-                    op: store_op(mode, key, *flags, *exptime, data),
-                    mode,
-                    noreply: *noreply,
-                });
-                if self.pending.len() >= MAX_PENDING_WRITES || self.pending_bytes >= MAX_PENDING_BYTES {
-                    self.flush_pending(out);
-                }
-                // Its reply (or silence, for noreply) comes from `flush_pending`; the replies
-                // written just now belong to earlier requests and must not be cut below.
-                return false;
-            }
             Request::Get { .. } => unreachable!("retrievals are answered by `retrieve`"),
-            Request::Delete { key, .. } => executor.delete(key, out),
-            Request::Arith { key, delta, incr, .. } => executor.arith(key, *delta, *incr, out),
-            Request::Touch { key, exptime, .. } => executor.touch(key, *exptime, out),
             Request::FlushAll { delay, .. } => executor.flush_all(*delay, out),
             Request::Stats => executor.stats(out),
             Request::StatsGroup(StatsGroup::CacheDump { class, limit }) => {
@@ -400,13 +490,60 @@ impl MemcacheSession {
             Request::Verbosity { .. } => out.extend_from_slice(b"OK\r\n"),
             Request::Quit => return true,
             Request::MetaNoop => out.extend_from_slice(b"MN\r\n"),
-            Request::Meta { kind, key, flags, .. } => executor.meta(*kind, key, flags, data, out),
+            Request::Meta { key, flags, .. } => executor.meta_get(key, flags, out),
+            Request::Store { .. }
+            | Request::Delete { .. }
+            | Request::Arith { .. }
+            | Request::Touch { .. } => {
+                unreachable!("writes are queued")
+            }
         }
         if noreply {
             // memcached sends nothing at all for a noreply request, errors included.
             out.truncate(before);
         }
         false
+    }
+}
+
+impl MemcacheSession {
+    /// The store write of a request that joins the group commit (see
+    /// [`Request::joins_group_commit`]), with how to answer it; None for any other request.
+    fn write_of(&self, request: &Request, data: &[u8]) -> Option<(WriteOp, Reply)> {
+        let c = &self.ctx.stats.cache;
+        let write = match *request {
+            Request::Store { kind, key, flags, exptime, cas, noreply, .. } => {
+                ServerStats::bump(&c.cmd_set);
+                let mode = kind.mode(cas);
+                (store_op(mode, key, flags, exptime, data), Reply::Store { mode, noreply })
+            }
+            Request::Delete { key, noreply } => {
+                (WriteOp::Delete { key: key.to_vec(), cas: None }, Reply::Delete { noreply })
+            }
+            Request::Arith { key, delta, incr, noreply } => {
+                let op = WriteOp::Arith {
+                    key: key.to_vec(),
+                    delta,
+                    incr,
+                    cas: None,
+                    create: None,
+                    expires_at: None,
+                };
+                (op, Reply::Arith { incr, noreply })
+            }
+            Request::Touch { key, exptime, noreply } => {
+                ServerStats::bump(&c.cmd_touch);
+                let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
+                (op, Reply::Touch { noreply })
+            }
+            Request::Meta { kind, key, ref flags, .. } if kind != meta::MetaKind::Get => {
+                let op = Executor { ctx: &self.ctx }.meta_write(kind, key, flags, data);
+                (op, Reply::Meta { kind, key: key.to_vec(), flags: flags.clone() })
+            }
+            _ => return None,
+        };
+        debug_assert!(request.joins_group_commit());
+        Some(write)
     }
 }
 
@@ -444,10 +581,11 @@ impl Session for MemcacheSession {
                     None => consumed = input.len(),
                 },
                 State::Ready => {
-                    let mark = out.len();
+                    let (mark, flushes) = (out.len(), self.flushes);
                     let (n, close) = self.step(rest, out);
-                    if out.len() > mark && !self.pending.is_empty() {
-                        // An error reply written while stores were queued: theirs come first.
+                    if out.len() > mark && !self.pending.is_empty() && self.flushes == flushes {
+                        // An error reply written while writes were queued: theirs come first.
+                        // (A step that flushed the queue wrote queued replies, not an error.)
                         let error = out.split_off(mark);
                         self.flush_pending(out);
                         out.extend_from_slice(&error);
@@ -539,87 +677,93 @@ impl Executor<'_> {
         out.extend_from_slice(reply);
     }
 
-    /// One key of a retrieval: its `VALUE` block on a hit. False after a store error (for
-    /// `gat`, whose touch is a write), with `SERVER_ERROR` written.
-    fn get_one(&self, key: &[u8], with_cas: bool, touch: Option<i64>, out: &mut Vec<u8>) -> bool {
+    /// One key of a `get`/`gets`: its `VALUE` block on a hit.
+    fn get_one(&self, key: &[u8], with_cas: bool, out: &mut Vec<u8>) {
         let c = self.counters();
         ServerStats::bump(&c.cmd_get);
-        let hit = match touch {
-            None => self.ctx.store.with_item(key, |item| {
-                item.map(|item| value_line(key, item.flags, item.value, with_cas.then_some(item.cas), out))
-            }),
-            Some(exptime) => {
-                ServerStats::bump(&c.cmd_touch);
-                let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
-                match self.write(op, out) {
-                    Some(WriteOutcome::Touched(item)) => {
-                        ServerStats::bump(&c.touch_hits);
-                        value_line(key, item.flags, &item.value, with_cas.then_some(item.cas), out);
-                        Some(())
-                    }
-                    Some(_) => {
-                        ServerStats::bump(&c.touch_misses);
-                        None
-                    }
-                    None => return false,
-                }
-            }
-        };
+        let hit = self.ctx.store.with_item(key, |item| {
+            item.map(|item| value_line(key, item.flags, item.value, with_cas.then_some(item.cas), out))
+        });
         ServerStats::bump(if hit.is_some() { &c.get_hits } else { &c.get_misses });
+    }
+
+    /// One key of a `gat`/`gats` once its touch is decided: its `VALUE` block on a hit. False
+    /// after a store error, with `SERVER_ERROR` written.
+    fn gat_reply(
+        &self,
+        key: &[u8],
+        with_cas: bool,
+        result: Result<WriteOutcome, StoreError>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let c = self.counters();
+        match result {
+            Ok(WriteOutcome::Touched(item)) => {
+                ServerStats::bump(&c.touch_hits);
+                ServerStats::bump(&c.get_hits);
+                value_line(key, item.flags, &item.value, with_cas.then_some(item.cas), out);
+            }
+            Ok(_) => {
+                ServerStats::bump(&c.touch_misses);
+                ServerStats::bump(&c.get_misses);
+            }
+            Err(e) => {
+                server_error(&e, out);
+                return false;
+            }
+        }
         true
     }
 
-    fn delete(&self, key: &[u8], out: &mut Vec<u8>) {
+    fn delete_reply(&self, result: Result<WriteOutcome, StoreError>, out: &mut Vec<u8>) {
         let c = self.counters();
-        match self.write(WriteOp::Delete { key: key.to_vec(), cas: None }, out) {
-            None => {}
-            Some(WriteOutcome::Deleted) => {
+        match result {
+            Err(e) => server_error(&e, out),
+            Ok(WriteOutcome::Deleted) => {
                 ServerStats::bump(&c.delete_hits);
                 out.extend_from_slice(b"DELETED\r\n");
             }
-            Some(WriteOutcome::NotFound) => {
+            Ok(WriteOutcome::NotFound) => {
                 ServerStats::bump(&c.delete_misses);
                 out.extend_from_slice(b"NOT_FOUND\r\n");
             }
-            Some(other) => self.unexpected(&other, out),
+            Ok(other) => self.unexpected(&other, out),
         }
     }
 
-    fn arith(&self, key: &[u8], delta: u64, incr: bool, out: &mut Vec<u8>) {
+    fn arith_reply(&self, incr: bool, result: Result<WriteOutcome, StoreError>, out: &mut Vec<u8>) {
         let c = self.counters();
         let (hits, misses) =
             if incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
-        match self.write(WriteOp::Arith { key: key.to_vec(), delta, incr, cas: None }, out) {
-            None => {}
-            Some(WriteOutcome::Counter { value, .. }) => {
+        match result {
+            Err(e) => server_error(&e, out),
+            Ok(WriteOutcome::Counter { value, .. }) => {
                 ServerStats::bump(hits);
                 push_decimal(value, out);
                 out.extend_from_slice(b"\r\n");
             }
-            Some(WriteOutcome::NotFound) => {
+            Ok(WriteOutcome::NotFound) => {
                 ServerStats::bump(misses);
                 out.extend_from_slice(b"NOT_FOUND\r\n");
             }
-            Some(WriteOutcome::NonNumeric) => self.non_numeric(out),
-            Some(other) => self.unexpected(&other, out),
+            Ok(WriteOutcome::NonNumeric) => self.non_numeric(out),
+            Ok(other) => self.unexpected(&other, out),
         }
     }
 
-    fn touch(&self, key: &[u8], exptime: i64, out: &mut Vec<u8>) {
+    fn touch_reply(&self, result: Result<WriteOutcome, StoreError>, out: &mut Vec<u8>) {
         let c = self.counters();
-        ServerStats::bump(&c.cmd_touch);
-        let op = WriteOp::Touch { key: key.to_vec(), expires_at: expires_at(exptime, unix_now()) };
-        match self.write(op, out) {
-            None => {}
-            Some(WriteOutcome::Touched(_)) => {
+        match result {
+            Err(e) => server_error(&e, out),
+            Ok(WriteOutcome::Touched(_)) => {
                 ServerStats::bump(&c.touch_hits);
                 out.extend_from_slice(b"TOUCHED\r\n");
             }
-            Some(WriteOutcome::NotFound) => {
+            Ok(WriteOutcome::NotFound) => {
                 ServerStats::bump(&c.touch_misses);
                 out.extend_from_slice(b"NOT_FOUND\r\n");
             }
-            Some(other) => self.unexpected(&other, out),
+            Ok(other) => self.unexpected(&other, out),
         }
     }
 

@@ -124,7 +124,7 @@ pub enum Request<'a> {
         kind: MetaKind,
         key: &'a [u8],
         bytes: usize,
-        flags: MetaFlags<'a>,
+        flags: MetaFlags,
     },
 }
 
@@ -139,6 +139,20 @@ impl Request<'_> {
             | Request::FlushAll { noreply, .. }
             | Request::CacheMemlimit { noreply }
             | Request::Verbosity { noreply } => *noreply,
+            _ => false,
+        }
+    }
+
+    /// Whether the request is one store write whose reply can wait: pipelined ones are
+    /// submitted together and share a batch and an fsync (group commit). `gat`/`gats` keys
+    /// join too, one write per key; `mg` does not (its writes, for `T`/`N`, are rare).
+    pub fn joins_group_commit(&self) -> bool {
+        match self {
+            Request::Store { .. }
+            | Request::Delete { .. }
+            | Request::Arith { .. }
+            | Request::Touch { .. } => true,
+            Request::Meta { kind, .. } => *kind != MetaKind::Get,
             _ => false,
         }
     }
