@@ -57,7 +57,7 @@ const CHUNK_MARK: &[u8] = b"~chunk.";
 const ID_LEN: usize = 8;
 /// Chunk requests in flight at once: enough to keep the connection busy, few enough that a
 /// transfer holds only a few chunks in memory.
-const CHUNK_WINDOW: usize = 4;
+const CHUNK_WINDOW: usize = 8;
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
 

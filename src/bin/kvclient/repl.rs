@@ -30,12 +30,12 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Editor, Helper};
 
-use textkv::client::{glob_escape, reply_shape, Client, ReplyShape};
+use textkv::client::{glob_escape, parse_value, reply_shape, Client, ReplyShape};
 use textkv::store::format::split_token;
 
 use crate::commands::{self, Command, Shell};
 use crate::error::Error;
-use crate::files::is_chunk_key;
+use crate::files::{is_chunk_key, Manifest};
 use crate::paths::{as_dir, resolve};
 use crate::reply;
 use crate::{connect, Args};
@@ -199,6 +199,15 @@ fn run_line(connection: &mut Connection, shell: &mut Shell, line: &str) -> Resul
     let client = connection.client()?;
     let reply = client.request(&request).map_err(textkv::client::ClientError::from)?;
     reply::show(&reply, shell.human, &mut stdout)?;
+    let manifest =
+        reply.first().and_then(|line| parse_value(line)).flatten().and_then(|v| Manifest::parse(&v));
+    if let (Some(manifest), true) = (manifest, first == "get") {
+        writeln!(
+            stdout,
+            "(a file of {} bytes in {} chunks: `get <key> -o <local-file>` fetches it)",
+            manifest.size, manifest.chunks
+        )?;
+    }
     Ok(())
 }
 
