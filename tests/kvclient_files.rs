@@ -129,6 +129,17 @@ fn files_of_every_kind_round_trip_byte_for_byte() {
     assert!(chunks_of(&server, "at-limit").is_empty());
     round_trip(&server, dir.path(), "over-limit", &noise((1 << 20) + 1, 4));
     assert_eq!(chunks_of(&server, "over-limit").len(), 2);
+    // A key ending in `/` takes the local file's name; `-o <directory>` the key's.
+    let local = dir.path().join("named.txt");
+    std::fs::write(&local, b"named").unwrap();
+    assert!(kvclient(server.addr, &["put", local.to_str().unwrap(), "inbox/"], b"").status.success());
+    assert_eq!(server.client().get(b"inbox/named.txt").unwrap().as_deref(), Some(&b"named"[..]));
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    assert!(kvclient(server.addr, &["get", "docs/three-mb.bin", "-o", downloads.to_str().unwrap()], b"")
+        .status
+        .success());
+    assert!(std::fs::read(downloads.join("three-mb.bin")).unwrap() == three_mb);
     // Replacing a chunked file by a small one removes the chunks.
     round_trip(&server, dir.path(), "docs/three-mb.bin", b"now small");
     assert!(chunks_of(&server, "docs/three-mb.bin").is_empty());

@@ -133,6 +133,11 @@ pub fn run(client: &mut Client, command: &Command, shell: &mut Shell, out: &mut 
         Command::Get { key, output } => {
             let key = checked_key(key.as_bytes())?;
             let found = match output.as_deref() {
+                Some(path) if path.is_dir() => {
+                    // `get docs/report.pdf -o ~/Downloads` writes ~/Downloads/report.pdf.
+                    let name = std::ffi::OsStr::from_bytes(crate::paths::base_name(key));
+                    files::get_to_file(client, key, &path.join(name))?
+                }
                 Some(path) if path.as_os_str() != "-" => files::get_to_file(client, key, path)?,
                 _ => {
                     let found = files::get(client, key, out, &String::from_utf8_lossy(key))?;
@@ -236,7 +241,12 @@ pub fn run(client: &mut Client, command: &Command, shell: &mut Shell, out: &mut 
         Command::Ping => expect(client, b"ping", b"PONG", out),
         Command::Compact => expect(client, b"compact", b"OK", out),
         Command::Put { local, key } => {
-            let key = file_key(shell.path(key), &key.to_string_lossy())?;
+            let mut path = shell.path(key);
+            if (path.is_empty() || path.ends_with(b"/")) && local.as_os_str() != "-" {
+                // `put report.pdf docs/` puts docs/report.pdf, as cp does.
+                path.extend_from_slice(local.file_name().map(|n| n.as_bytes()).unwrap_or_default());
+            }
+            let key = file_key(path, &key.to_string_lossy())?;
             let stored = if local.as_os_str() == "-" {
                 let bar = files::progress(None, &String::from_utf8_lossy(&key));
                 let stored = files::put(client, &key, io::stdin().lock(), &bar)?;

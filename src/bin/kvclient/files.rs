@@ -558,6 +558,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_manifest_round_trips(size in 0u64..1 << 40, chunk_bytes in 1u64..1 << 30, sha in proptest::array::uniform32(0u8..), id in 0u32..) {
+            let chunks = if size == 0 { 0 } else { size.div_ceil(chunk_bytes) };
+            let manifest = Manifest { size, chunks, chunk_bytes, sha256: sha, id: format!("{id:08x}") };
+            let encoded = manifest.encode();
+            proptest::prop_assert!(encoded.len() as u64 <= MAX_MANIFEST_BYTES);
+            proptest::prop_assert_eq!(Manifest::parse(&encoded), Some(manifest));
+        }
+    }
+
     #[test]
     fn upload_ids_are_fresh() {
         let ids: HashSet<String> = (0..100).map(|_| new_upload_id()).collect();
