@@ -192,3 +192,35 @@ fn a_request_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
     quiet.write_all(b"get k\n").unwrap();
     assert_eq!(read_line(&mut quiet).unwrap(), b"NOT_FOUND\n", "the quiet connection stays; k was never set");
 }
+
+/// When the process runs out of descriptors anyway (here a limit below the reserve, with
+/// refused clients that keep their side open so their sockets wait to be drained), accept
+/// fails with EMFILE: every waiting client still reads the refusal (the spare descriptor,
+/// or the drained refusals' freed ones: this EMFILE passes within 0.5 s; the unit test
+/// `out_of_descriptors_the_spare_lets_a_waiting_client_read_the_refusal` checks the spare
+/// alone), the log says so once rather than per failure, and the server serves again.
+/// Before the fix the cap was not fitted to the limit: clients were admitted until the
+/// descriptors ran out, then left without a reply.
+#[test]
+fn out_of_descriptors_every_waiting_client_still_reads_the_refusal() {
+    let (_dir, db) = temp_db();
+    let server = start_with_open_file_limit(&db, 40, 40, &[]);
+    let mut held = connect(server.addr);
+    held.write_all(b"ping\n").unwrap();
+    assert_eq!(read_line(&mut held).unwrap(), b"PONG\n");
+    let refused: Vec<TcpStream> = (0..60)
+        .map(|_| {
+            let mut stream = connect(server.addr);
+            let _ = stream.write_all(b"ping\n");
+            stream
+        })
+        .collect();
+    for (i, mut stream) in refused.into_iter().enumerate() {
+        let reply = read_line(&mut stream).unwrap_or_else(|e| panic!("client {i}: {e}\n{}", server.log()));
+        assert_eq!(reply, LINE_REFUSAL, "client {i}");
+    }
+    let log = server.log();
+    assert!(log.matches("accept failed").count() <= 1, "{log}");
+    held.write_all(b"ping\n").unwrap();
+    assert_eq!(read_line(&mut held).unwrap(), b"PONG\n");
+}

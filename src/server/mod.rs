@@ -449,3 +449,61 @@ impl Connection {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Limits;
+    use crate::store::{Store, StoreConfig};
+    use std::io::{Read, Write};
+
+    /// The EMFILE path on its own (a real EMFILE in an integration test is transient, since
+    /// refusals free their descriptors within 0.5 s): the spare descriptor is given up, one
+    /// waiting client is accepted and told why, and the spare is taken back.
+    #[test]
+    fn out_of_descriptors_the_spare_lets_a_waiting_client_read_the_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Arc::new(Context {
+            store: Arc::new(Store::open(StoreConfig::new(dir.path().join("database.txt"))).unwrap()),
+            stats: Arc::new(ServerStats::default()),
+            limits: Limits { max_value_bytes: 1024, max_line_bytes: 8192 },
+            users: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut waiting = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        waiting.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        waiting.write_all(b"ping\n").unwrap();
+        let mut acceptor = Acceptor {
+            listener,
+            protocol: Protocol::Line,
+            ctx: Arc::clone(&ctx),
+            config: ServerConfig::default(),
+            state: Server::new(Arc::clone(&ctx), ServerConfig::default()).state,
+            tls: None,
+            refuser: Refuser::start().unwrap(),
+            spare: spare_descriptor(),
+            refusals_log: RateLimitedLog::default(),
+            errors_log: RateLimitedLog::default(),
+        };
+        assert!(acceptor.spare.is_some());
+        acceptor.accept_failed(&io::Error::from_raw_os_error(libc::EMFILE));
+        let mut reply = Vec::new();
+        waiting.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, Protocol::Line.too_many_connections());
+        assert!(acceptor.spare.is_some(), "the spare is taken back");
+        assert_eq!(ServerStats::read(&ctx.stats.rejected_connections), 1);
+        ctx.store.shutdown();
+    }
+
+    #[test]
+    fn a_repeated_warning_is_counted_not_repeated() {
+        let mut log = RateLimitedLog::default();
+        for _ in 0..100 {
+            log.warn(String::new);
+        }
+        assert_eq!(log.left_out, 99, "one logged, the other 99 counted");
+        log.last = log.last.and_then(|last| last.checked_sub(LOG_INTERVAL));
+        log.warn(String::new);
+        assert_eq!(log.left_out, 0, "after the interval the next one is logged, with the count");
+    }
+}
