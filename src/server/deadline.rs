@@ -202,7 +202,9 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        // TimedOut from the check before a read, or WouldBlock from SO_RCVTIMEO if no byte
+        // came in the last moments (a loaded machine): the deadline either way.
+        assert!(matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{error}");
         assert_eq!(clock.expired(), Some(Expiry::Login));
         let elapsed = started.elapsed();
         // The bytes go on for 5 s; only the deadline can have stopped the reads (the upper
