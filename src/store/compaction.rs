@@ -19,16 +19,15 @@
 //! it is locked before the rename, so the lock that keeps a second server off the log
 //! passes to the new log with its name.
 
-use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::files::{create_fresh, remove_if_present, sibling, sync_dir};
+use super::disk::{Disk, DiskFile};
+use super::files::{remove_if_present, sibling};
 use super::format::encode_set;
 use super::index::SHARDS;
 use super::{unix_now, Shared, StoreError};
@@ -37,7 +36,7 @@ pub(crate) type Waiter = Sender<Result<(), StoreError>>;
 
 /// The live set, written and synced to the temporary file.
 pub(crate) struct Snapshot {
-    file: File,
+    file: Arc<dyn DiskFile>,
     len: u64,
     records: u64,
     /// The old log's tail is already copied up to this offset (see `catch_up`).
@@ -46,7 +45,7 @@ pub(crate) struct Snapshot {
 
 /// The new log, in place.
 pub(crate) struct Installed {
-    pub file: File,
+    pub file: Arc<dyn DiskFile>,
     pub len: u64,
     pub records: u64,
     /// Whether the directory fsync after the rename succeeded; if not, the rename may not
@@ -77,6 +76,7 @@ impl Compaction {
     /// Spawns the snapshot thread, which hands its result to `done` (the writer's install
     /// step). `start_len` is the old log's length now.
     pub(crate) fn start(
+        disk: &Arc<dyn Disk>,
         path: &Path,
         start_len: u64,
         shared: Arc<Shared>,
@@ -84,10 +84,11 @@ impl Compaction {
         waiter: Option<Waiter>,
     ) -> Result<Compaction, (io::Error, Option<Waiter>)> {
         let path = path.to_path_buf();
+        let disk = Arc::clone(disk);
         let spawned = std::thread::Builder::new().name("compactor".into()).spawn(move || {
             // A panic must still reach `done`, or the compaction would never end.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                write_snapshot(&path, &shared, start_len)
+                write_snapshot(&*disk, &path, &shared, start_len)
             }))
             .unwrap_or_else(|_| Err(io::Error::other("the compaction thread panicked")));
             done(result);
@@ -109,20 +110,23 @@ impl Compaction {
     pub(crate) fn install(
         self,
         snapshot: io::Result<Snapshot>,
+        disk: &dyn Disk,
         path: &Path,
-        old: &File,
+        old: &dyn DiskFile,
         old_len: u64,
     ) -> (io::Result<Installed>, Vec<Waiter>) {
         let temp = temp_path(path);
         let result = snapshot.and_then(|snapshot| {
             let (tail_len, tail_records) =
-                copy_tail(old, snapshot.copied_to, old_len, &snapshot.file, snapshot.len)?;
+                copy_tail(old, snapshot.copied_to, old_len, &*snapshot.file, snapshot.len)?;
             snapshot.file.sync_data()?;
-            lock_new_log(&snapshot.file)?;
-            fs::rename(&temp, path)?;
+            // The lock that keeps other servers off the log goes on the new log before it
+            // gets the log's name: a server started at any moment finds the file it opens locked.
+            snapshot.file.lock()?;
+            disk.rename(&temp, path)?;
             // From here on the new file *is* the log: the writer must switch to it even if the
             // directory fsync fails, and retries that fsync before acknowledging more writes.
-            let dir_synced = match sync_dir(path) {
+            let dir_synced = match disk.sync_dir(path) {
                 Ok(()) => true,
                 Err(e) => {
                     log::error!("fsync of the directory of {} failed after compaction: {e}", path.display());
@@ -137,32 +141,21 @@ impl Compaction {
             })
         });
         if result.is_err() {
-            let _ = fs::remove_file(&temp);
+            let _ = disk.remove(&temp);
         }
         (result, self.waiters)
     }
 }
 
-/// Takes the lock that keeps other servers off the log on the new log, before it gets the
-/// log's name: a server started at any moment finds whichever file the name leads to locked.
-fn lock_new_log(file: &File) -> io::Result<()> {
-    file.try_lock().map_err(|e| match e {
-        fs::TryLockError::WouldBlock => {
-            io::Error::new(io::ErrorKind::WouldBlock, "another process holds a lock on the compacted file")
-        }
-        fs::TryLockError::Error(e) => e,
-    })
-}
-
 /// Copies `old[from..to]` to `new` at `at` in bounded chunks; returns the bytes and records
 /// (lines) copied.
-fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<(u64, u64)> {
+fn copy_tail(old: &dyn DiskFile, from: u64, to: u64, new: &dyn DiskFile, at: u64) -> io::Result<(u64, u64)> {
     let mut chunk = vec![0; 1 << 20];
     let (mut offset, mut records) = (from, 0u64);
     while offset < to {
         let n = chunk.len().min((to - offset) as usize);
-        old.read_exact_at(&mut chunk[..n], offset)?;
-        new.write_all_at(&chunk[..n], at + (offset - from))?;
+        old.read_at(&mut chunk[..n], offset)?;
+        new.write_at(&chunk[..n], at + (offset - from))?;
         records += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
         offset += n as u64;
     }
@@ -174,13 +167,13 @@ fn copy_tail(old: &File, from: u64, to: u64, new: &File, at: u64) -> io::Result<
 /// own fsyncs (and the final fsync, which writes wait for, has little left to do).
 const SYNC_EVERY: u64 = 16 << 20;
 
-fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Snapshot> {
+fn write_snapshot(disk: &dyn Disk, path: &Path, shared: &Shared, start_len: u64) -> io::Result<Snapshot> {
     // The new log replaces the old one: it keeps the old one's permissions (a log made
     // private with chmod 600 must not become readable by a compaction).
-    let file = create_fresh(&temp_path(path), fs::metadata(path)?.permissions())?;
+    let file = disk.create_fresh(&temp_path(path), path)?;
     let now = unix_now();
     let header = format!("# textkv database, compacted at Unix time {now}; one record per line\n");
-    file.write_all_at(header.as_bytes(), 0)?;
+    file.write_at(header.as_bytes(), 0)?;
     let mut len = header.len() as u64;
     let mut synced = 0u64;
     let mut records = 0u64;
@@ -192,7 +185,7 @@ fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Sn
             records += 1;
         });
         // The shard's lock is released: I/O happens while the writer can update it.
-        file.write_all_at(&chunk, len)?;
+        file.write_at(&chunk, len)?;
         len += chunk.len() as u64;
         if len - synced >= SYNC_EVERY {
             file.sync_data()?;
@@ -200,7 +193,7 @@ fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Sn
         }
     }
     let mut snapshot = Snapshot { file, len, records, copied_to: start_len };
-    catch_up(path, shared, &mut snapshot)?;
+    catch_up(disk, path, shared, &mut snapshot)?;
     Ok(snapshot)
 }
 
@@ -208,16 +201,16 @@ fn write_snapshot(path: &Path, shared: &Shared, start_len: u64) -> io::Result<Sn
 /// writer (which holds up every write while it finishes a compaction) has only a small rest
 /// to copy and fsync. The old log is read through its path, which names it until the
 /// writer's rename; the writer publishes its length only after the bytes are written.
-fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result<()> {
+fn catch_up(disk: &dyn Disk, path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result<()> {
     const SMALL_REST: u64 = 1 << 20;
     const ROUNDS: usize = 8;
-    let old = File::open(path)?;
+    let old = disk.open(path)?;
     for _ in 0..ROUNDS {
         let end = shared.counters.file_bytes.load(Ordering::Acquire);
         if end.saturating_sub(snapshot.copied_to) < SMALL_REST {
             break;
         }
-        let (bytes, records) = copy_tail(&old, snapshot.copied_to, end, &snapshot.file, snapshot.len)?;
+        let (bytes, records) = copy_tail(&*old, snapshot.copied_to, end, &*snapshot.file, snapshot.len)?;
         snapshot.len += bytes;
         snapshot.records += records;
         snapshot.copied_to = end;
@@ -228,8 +221,9 @@ fn catch_up(path: &Path, shared: &Shared, snapshot: &mut Snapshot) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::disk::OsDisk;
     use crate::store::{Store, StoreConfig, StoreMode, WriteOp};
-    use std::fs::OpenOptions;
+    use std::fs::{self, File, OpenOptions};
 
     #[test]
     fn a_compaction_and_its_expiry_sweep_are_not_counted_as_write_batches() {
@@ -259,10 +253,11 @@ mod tests {
         // The snapshot holds the live set, and catch_up has already copied `set b 2`.
         let temp = temp_path(&path);
         fs::write(&temp, "set a 1\nset b 2\n").unwrap();
-        let file = OpenOptions::new().read(true).write(true).open(&temp).unwrap();
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&temp).unwrap());
         let snapshot = Snapshot { file, len: 16, records: 2, copied_to: start_len + 8 };
         let old = File::open(&path).unwrap();
-        let (installed, _) = Compaction { waiters: Vec::new() }.install(Ok(snapshot), &path, &old, 24);
+        let (installed, _) =
+            Compaction { waiters: Vec::new() }.install(Ok(snapshot), &OsDisk, &path, &old, 24);
         let installed = installed.unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "set a 1\nset b 2\nset c 3\n");
         assert_eq!((installed.len, installed.records), (24, 3));

@@ -14,6 +14,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::disk::DiskFile;
 use super::files::{create_fresh, remove_if_present, sibling, sync_dir};
 
 pub(crate) fn marker_path(db: &Path) -> PathBuf {
@@ -31,11 +32,11 @@ pub(crate) fn record(db: &Path, len: u64) -> io::Result<()> {
 
 /// Cuts `file` (the log at `db`) back to `len` and makes the new length durable, then
 /// removes the marker if there is one. On failure the marker (if any) stays.
-pub(crate) fn cut_to(db: &Path, file: &File, len: u64) -> io::Result<()> {
-    if file.metadata()?.len() > len {
+pub(crate) fn cut_to(db: &Path, file: &dyn DiskFile, len: u64) -> io::Result<()> {
+    if file.len()? > len {
         file.set_len(len)?;
     }
-    file.sync_all()?;
+    file.sync_data()?;
     if remove_if_present(&marker_path(db))? {
         sync_dir(db)?;
     }

@@ -14,8 +14,6 @@
 //! to have been changed by another process (its length or identity is not what this server
 //! made it): writing on would overwrite what the other process wrote.
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::cut;
-use super::files::sync_dir;
+use super::disk::{Disk, DiskFile};
 use super::{FsyncPolicy, StoreError};
 
 /// How often the log's name is checked to still lead to the file being written.
@@ -32,7 +30,7 @@ const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The file the background syncer (`everysec`) flushes; swapped by compaction.
 pub(crate) struct SyncTarget {
-    pub(crate) file: Mutex<Arc<File>>,
+    pub(crate) file: Mutex<Arc<dyn DiskFile>>,
     pub(crate) dirty: AtomicBool,
     /// A background fsync failed: writes are refused from then on (it is never retried).
     pub(crate) failed: Mutex<Option<String>>,
@@ -52,7 +50,8 @@ impl SyncTarget {
 
 pub(crate) struct LogFile {
     path: PathBuf,
-    file: Arc<File>,
+    disk: Arc<dyn Disk>,
+    file: Arc<dyn DiskFile>,
     len: u64,
     fsync: FsyncPolicy,
     /// A failed batch whose cut-back also failed: retry before writing anything else.
@@ -68,8 +67,13 @@ pub(crate) struct LogFile {
 }
 
 impl LogFile {
-    pub(crate) fn new(path: &Path, file: File, len: u64, fsync: FsyncPolicy) -> LogFile {
-        let file = Arc::new(file);
+    pub(crate) fn new(
+        path: &Path,
+        disk: Arc<dyn Disk>,
+        file: Arc<dyn DiskFile>,
+        len: u64,
+        fsync: FsyncPolicy,
+    ) -> LogFile {
         let sync_target = Arc::new(SyncTarget {
             file: Mutex::new(Arc::clone(&file)),
             dirty: AtomicBool::new(false),
@@ -77,6 +81,7 @@ impl LogFile {
         });
         LogFile {
             path: path.to_path_buf(),
+            disk,
             file,
             len,
             fsync,
@@ -97,8 +102,12 @@ impl LogFile {
         self.len
     }
 
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    pub(crate) fn file(&self) -> &dyn DiskFile {
+        &*self.file
+    }
+
+    pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
     }
 
     pub(crate) fn sync_target(&self) -> &Arc<SyncTarget> {
@@ -117,8 +126,8 @@ impl LogFile {
     }
 
     /// Switches to the log a compaction installed.
-    pub(crate) fn replace(&mut self, file: File, len: u64, dir_synced: bool) {
-        self.file = Arc::new(file);
+    pub(crate) fn replace(&mut self, file: Arc<dyn DiskFile>, len: u64, dir_synced: bool) {
+        self.file = file;
         self.len = len;
         self.needs_dir_sync = !dir_synced;
         *self.sync_target.file.lock() = Arc::clone(&self.file);
@@ -138,16 +147,16 @@ impl LogFile {
             return Err(StoreError::Refused(why.clone()));
         }
         if self.needs_cut {
-            cut::cut_to(&self.path, &self.file, self.len).map_err(|e| StoreError::from(&e))?;
+            cut::cut_to(&self.path, &*self.file, self.len).map_err(|e| StoreError::from(&e))?;
             self.needs_cut = false;
             log::info!("cut the refused write off {}; writing again", self.path.display());
         }
         if self.needs_dir_sync {
-            sync_dir(&self.path).map_err(|e| StoreError::from(&e))?;
+            self.disk.sync_dir(&self.path).map_err(|e| StoreError::from(&e))?;
             self.needs_dir_sync = false;
         }
         self.check_the_file_is_ours()?;
-        if let Err(e) = self.file.write_all_at(buf, self.len) {
+        if let Err(e) = self.file.write_at(buf, self.len) {
             self.cut_back();
             return Err(StoreError::from(&e));
         }
@@ -174,7 +183,7 @@ impl LogFile {
             if !self.needs_cut {
                 break;
             }
-            match cut::cut_to(&self.path, &self.file, self.len) {
+            match cut::cut_to(&self.path, &*self.file, self.len) {
                 Ok(()) => {
                     self.needs_cut = false;
                     log::info!("cut the refused write off {} at shutdown", self.path.display());
@@ -203,7 +212,7 @@ impl LogFile {
     /// Cuts the log back to its acknowledged length after a failed append; if that fails,
     /// records the cut durably so that it happens before the next write or the next start.
     fn cut_back(&mut self) {
-        let Err(e) = cut::cut_to(&self.path, &self.file, self.len) else { return };
+        let Err(e) = cut::cut_to(&self.path, &*self.file, self.len) else { return };
         self.needs_cut = true;
         log::error!("could not cut a refused write off {}: {e}", self.path.display());
         match cut::record(&self.path, self.len) {
@@ -227,18 +236,17 @@ impl LogFile {
     /// written (checked about once a second). Appending past a line added by hand would
     /// overwrite it, and writing to a file renamed or deleted away would lose every write.
     fn check_the_file_is_ours(&mut self) -> Result<(), StoreError> {
-        let meta = self.file.metadata().map_err(|e| StoreError::from(&e))?;
-        let changed = if meta.len() != self.len {
+        let len = self.file.len().map_err(|e| StoreError::from(&e))?;
+        let changed = if len != self.len {
             Some(format!(
-                "{} was changed by another process (it is {} bytes long, this server wrote {})",
+                "{} was changed by another process (it is {len} bytes long, this server wrote {})",
                 self.path.display(),
-                meta.len(),
                 self.len
             ))
         } else if self.last_identity_check.elapsed() >= IDENTITY_CHECK_EVERY {
             self.last_identity_check = Instant::now();
-            let same = std::fs::metadata(&self.path)
-                .is_ok_and(|named| (named.dev(), named.ino()) == (meta.dev(), meta.ino()));
+            let ours = self.file.identity().map_err(|e| StoreError::from(&e))?;
+            let same = self.disk.identity(&self.path).is_ok_and(|named| named == ours);
             (!same).then(|| {
                 format!(
                     "{} no longer names the file this server writes (it was replaced, moved or deleted)",

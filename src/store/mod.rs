@@ -16,10 +16,13 @@
 mod compaction;
 mod cut;
 pub mod decide;
+mod disk;
 mod files;
 pub mod format;
 pub mod index;
 mod logfile;
+#[cfg(test)]
+mod power_loss;
 pub mod recovery;
 mod reserve;
 mod writer;
@@ -437,9 +440,29 @@ impl Store {
         shared.counters.records.store(report.records, Ordering::Relaxed);
         shared.counters.file_bytes.store(report.file_len, Ordering::Relaxed);
 
-        let writer = writer::Writer::start(&config, file, report.file_len, last_cas, Arc::clone(&shared))
-            .map_err(io_err)?;
+        let writer = writer::Writer::start(
+            &config,
+            Arc::new(disk::OsDisk),
+            Arc::new(file),
+            report.file_len,
+            last_cas,
+            Arc::clone(&shared),
+        )
+        .map_err(io_err)?;
         Ok(Store { shared, writer, fsync: config.fsync, load_millis })
+    }
+
+    /// A store with an empty index on a simulated disk holding `config.path`, for the
+    /// power-loss tests (nothing of the real machine: no lock, no reserve).
+    #[cfg(test)]
+    pub(crate) fn open_simulated(config: StoreConfig, disk: &disk::sim::SimDisk) -> Store {
+        use disk::Disk;
+        let file = disk.open(&config.path).expect("the simulated disk holds the log");
+        let len = file.len().expect("a length");
+        let shared = Arc::new(Shared { index: Index::default(), counters: Counters::default() });
+        let disk: Arc<dyn Disk> = Arc::new(disk.clone());
+        let writer = writer::Writer::start(&config, disk, file, len, 0, Arc::clone(&shared)).expect("writer");
+        Store { shared, writer, fsync: config.fsync, load_millis: 0 }
     }
 
     /// The live item under `key`.

@@ -22,7 +22,6 @@
 //! write lock; a maintenance thread fsyncs (`everysec`) and drops expired items from memory.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -33,6 +32,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::compaction::{self, Compaction, Waiter as CompactionWaiter};
 use super::decide::{decide, Effect, Inputs};
+use super::disk::{Disk, DiskFile};
 use super::files;
 use super::format::{encode_del, encode_flush, encode_set};
 use super::logfile::{LogFile, SyncTarget};
@@ -168,7 +168,8 @@ struct Engine {
 impl Writer {
     pub(crate) fn start(
         config: &StoreConfig,
-        file: File,
+        disk: Arc<dyn Disk>,
+        file: Arc<dyn DiskFile>,
         file_len: u64,
         last_cas: u64,
         shared: Arc<Shared>,
@@ -178,7 +179,7 @@ impl Writer {
         let counters = &shared.counters;
         let records = counters.records.load(Ordering::Relaxed);
         let live_keys = counters.live_keys.load(Ordering::Relaxed);
-        let log = LogFile::new(&config.path, file, file_len, config.fsync);
+        let log = LogFile::new(&config.path, disk, file, file_len, config.fsync);
         let sync_target = Arc::clone(log.sync_target());
         let writer = Arc::new_cyclic(|writer| Writer {
             queue: Mutex::new(Queue::default()),
@@ -454,7 +455,14 @@ impl Engine {
                 writer.engine.lock().finish_compaction(snapshot);
             }
         };
-        match Compaction::start(self.log.path(), self.log.len(), Arc::clone(&self.shared), done, reply) {
+        match Compaction::start(
+            self.log.disk(),
+            self.log.path(),
+            self.log.len(),
+            Arc::clone(&self.shared),
+            done,
+            reply,
+        ) {
             Ok(compaction) => {
                 self.shared.counters.compacting.store(true, Ordering::Relaxed);
                 self.compaction = Some(compaction);
@@ -474,7 +482,8 @@ impl Engine {
         self.shared.counters.compacting.store(false, Ordering::Relaxed);
         let held_since = Instant::now();
         let path = self.log.path().to_path_buf();
-        let (result, waiters) = compaction.install(snapshot, &path, self.log.file(), self.log.len());
+        let disk = Arc::clone(self.log.disk());
+        let (result, waiters) = compaction.install(snapshot, &*disk, &path, self.log.file(), self.log.len());
         let reply = match result {
             Ok(installed) => {
                 let old_len = self.log.len();
