@@ -12,7 +12,7 @@
 //! | `CURSOR <c>` | `cursor <c>` |
 //! | `STAT <name> <value>`, `END` | `<name>:<value>`, nothing |
 //!
-//! Anything else (`PONG`, `ITEM …`, `EXISTS`) is shown as it is.
+//! Anything else (`PONG`, `ITEM …`, `EXISTS`, `help`'s lines) is shown as it is.
 
 use std::io::{self, Write};
 
@@ -44,8 +44,16 @@ pub fn show(lines: &[Vec<u8>], human: bool, out: &mut impl Write) -> io::Result<
                 writeln!(out, "cursor {}", String::from_utf8_lossy(cursor))?;
                 continue;
             }
+            let item = match line.strip_prefix(b"KEY ") {
+                Some(key) => quoted(key),
+                None if line.starts_with(b"VALUE ") || line == b"NOT_FOUND" => single(line),
+                None => {
+                    // `help` and other text: as it is.
+                    writeln!(out, "{}", String::from_utf8_lossy(line))?;
+                    continue;
+                }
+            };
             n += 1;
-            let item = line.strip_prefix(b"KEY ").map(quoted).unwrap_or_else(|| single(line));
             writeln!(out, "{n}) {item}")?;
         } else {
             writeln!(out, "{}", single(line))?;
@@ -101,6 +109,7 @@ mod tests {
         assert_eq!(human(&["VALUE 1", "NOT_FOUND", "END"]), "1) \"1\"\n2) (nil)\n");
         assert_eq!(human(&["CURSOR 0", "KEY a", "END"]), "cursor 0\n1) \"a\"\n");
         assert_eq!(human(&["STAT keys 3", "STAT pid 9", "END"]), "keys:3\npid:9\n");
+        assert_eq!(human(&["get <key>  VALUE", "ping  PONG", "END"]), "get <key>  VALUE\nping  PONG\n");
     }
 
     #[test]
