@@ -169,37 +169,36 @@ fn flood_without_reading(
     (sent, before, peak)
 }
 
-#[test]
-fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounded() {
+/// A server started with `args` and a 1 MiB value: a client asks for it over and over
+/// without reading a byte of the answers until the server disconnects it; memory stays
+/// bounded and the rest of the server is fine.
+fn never_reading_client_is_disconnected(args: &[&str]) {
     let (_dir, db) = temp_db();
-    let server = Server::start(&db, &["--idle-timeout", "2"]);
+    let server = Server::start(&db, args);
     let big = vec![b'x'; 1 << 20];
     let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
     assert_eq!(conn.call(&common::faults::set_request("big", &big)).unwrap(), b"STORED");
-    // Ask for the 1 MiB value over and over without reading a byte of the answers.
     let (sent_gets, before, peak) = flood_without_reading(&server, server.addr, b"get big\n", 1024);
     eprintln!(
-        "non-reading client: {sent_gets} gets of 1 MiB sent ({} GiB of replies asked for), \
+        "non-reading client ({args:?}): {sent_gets} gets of 1 MiB sent ({} GiB of replies asked for), \
          RSS {before} KiB before, peak {peak} KiB",
         sent_gets >> 10
     );
-    // The rest of the server is fine.
     let mut other = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
     assert_eq!(other.call(b"get big").unwrap().len(), "VALUE ".len() + big.len());
     assert_no_panic(&server.log());
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_disconnected_and_memory_stays_bounded() {
+    never_reading_client_is_disconnected(&["--idle-timeout", "2"]);
 }
 
 /// With no idle timeout (the default), the request timeout still closes a client that
 /// never reads its replies, instead of its thread waiting in write(2) for ever.
 #[test]
 fn a_client_that_never_reads_is_disconnected_even_without_an_idle_timeout() {
-    let (_dir, db) = temp_db();
-    let server = Server::start(&db, &["--request-timeout", "2"]);
-    let big = vec![b'x'; 1 << 20];
-    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
-    assert_eq!(conn.call(&common::faults::set_request("big", &big)).unwrap(), b"STORED");
-    flood_without_reading(&server, server.addr, b"get big\n", 1024);
-    assert_no_panic(&server.log());
+    never_reading_client_is_disconnected(&["--request-timeout", "2"]);
 }
 
 #[test]

@@ -308,11 +308,30 @@ fn rustls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// Sends `request` over TLS and reads until the server closes.
-fn tls_transcript(addr: SocketAddr, ca: &Path, request: &[u8]) -> std::io::Result<Vec<u8>> {
+/// A TLS client connection to `addr` for `localhost`, trusting `ca` (the handshake happens
+/// at the first write or read).
+fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let connection = rustls::ClientConnection::new(rustls_client(ca), name).unwrap();
-    let mut stream = rustls::StreamOwned::new(connection, raw_connect(addr));
+    rustls::StreamOwned::new(connection, raw_connect(addr))
+}
+
+/// The bytes of a real TLS ClientHello, for clients that send it a byte at a time.
+fn client_hello(ca: &Path) -> &'static [u8] {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(rustls_client(ca), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100, "a ClientHello takes about a minute at one byte per 200 ms");
+    Box::leak(hello.into_boxed_slice())
+}
+
+/// Sends `request` over TLS and reads until the server closes.
+fn tls_transcript(addr: SocketAddr, ca: &Path, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = tls_connect(addr, ca);
     stream.write_all(request)?;
     stream.flush()?;
     let mut reply = Vec::new();
@@ -409,9 +428,7 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     let server = start(dir.path(), &db, Some((&cert, &key)));
 
     // A connection made with the old certificate, logged in before the reload.
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connection = rustls::ClientConnection::new(rustls_client(&old_ca), name).unwrap();
-    let mut open = rustls::StreamOwned::new(connection, raw_connect(server.addr));
+    let mut open = tls_connect(server.addr, &old_ca);
     open.write_all(format!("auth {} {}\n", READER.0, READER.1).as_bytes()).unwrap();
     let mut reply = [0u8; 3];
     open.read_exact(&mut reply).unwrap();
@@ -604,19 +621,10 @@ fn the_login_deadline_holds_over_tls_during_and_after_the_handshake() {
     let server = start_with(dir.path(), &db, Some((&cert, &key)), &["--login-timeout", "2"]);
     let timeout = Duration::from_secs(2);
 
-    // A real ClientHello, sent a byte every 200 ms: it would take about a minute.
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut client = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
-    let mut hello = Vec::new();
-    client.write_tls(&mut hello).unwrap();
-    assert!(hello.len() > 100);
-    let hello: &'static [u8] = Box::leak(hello.into_boxed_slice());
-    let handshake = dribblers(server.addr, 1, hello, Duration::from_secs(8)).pop().unwrap();
+    let handshake = dribblers(server.addr, 1, client_hello(&cert), Duration::from_secs(8)).pop().unwrap();
 
     // A TLS client that never logs in.
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connection = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
-    let mut quiet = rustls::StreamOwned::new(connection, raw_connect(server.addr));
+    let mut quiet = tls_connect(server.addr, &cert);
     let started = Instant::now();
     quiet.write_all(b"\n").unwrap();
     quiet.flush().unwrap();
@@ -648,12 +656,8 @@ fn a_tls_handshake_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
     let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let server =
         Server::start(&db, &["--tls-cert", cert_arg, "--tls-key", key_arg, "--request-timeout", "2"]);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut client = rustls::ClientConnection::new(rustls_client(&cert), name).unwrap();
-    let mut hello = Vec::new();
-    client.write_tls(&mut hello).unwrap();
-    let hello: &'static [u8] = Box::leak(hello.into_boxed_slice());
-    let dribbled = dribblers(server.addr, 1, hello, Duration::from_secs(8)).pop().unwrap().join().unwrap();
+    let dribbled =
+        dribblers(server.addr, 1, client_hello(&cert), Duration::from_secs(8)).pop().unwrap().join().unwrap();
     let closed = dribbled.closed_after.unwrap_or_else(|| panic!("the handshake dribbler was never closed"));
     assert!(closed >= Duration::from_millis(1800) && closed < Duration::from_millis(3500), "{closed:?}");
     assert!(server.log().contains("request not complete after"), "{}", server.log());
