@@ -238,3 +238,18 @@ fn killing_the_client_mid_upload_leaves_the_old_version_and_the_next_put_cleans_
     assert_eq!(chunks.len(), 2, "only the new version's chunks remain: {chunks:?}");
     assert!(kvclient(server.addr, &["get", "doc"], b"").stdout == new);
 }
+
+#[test]
+fn set_and_del_over_a_chunked_file_leave_no_chunks_behind() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    assert!(kvclient(server.addr, &["put", "-", "f"], &noise(2_500_000, 31)).status.success());
+    assert_eq!(chunks_of(&server, "f").len(), 3);
+    assert!(kvclient(server.addr, &["set", "f", "plain", "now"], b"").status.success());
+    assert!(chunks_of(&server, "f").is_empty(), "set replaced the whole file");
+    assert_eq!(kvclient(server.addr, &["get", "f"], b"").stdout, b"plain now");
+    assert!(kvclient(server.addr, &["put", "-", "f"], &noise(2_500_000, 32)).status.success());
+    let out = kvclient(server.addr, &["del", "f"], b"");
+    assert_eq!(text(&out), "1\n");
+    assert!(chunks_of(&server, "f").is_empty(), "del removed the chunks too");
+}

@@ -26,7 +26,8 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Store VALUE under KEY; several words are joined with single spaces, any bytes are
-    /// stored as given. -x reads the value from standard input instead (binary-safe).
+    /// stored as given. -x reads the value from standard input instead (binary-safe). A
+    /// chunked file that was under KEY is replaced whole (its chunks deleted).
     Set {
         key: OsString,
         /// Read the value from standard input (as redis-cli's -x).
@@ -35,7 +36,8 @@ pub enum Command {
         #[arg(required_unless_present = "from_stdin", conflicts_with = "from_stdin", num_args = 1.., allow_hyphen_values = true)]
         value: Vec<OsString>,
     },
-    /// Delete KEYs; prints how many existed, exit 1 if none did.
+    /// Delete KEYs (and the chunks of any that held a chunked file); prints how many
+    /// existed, exit 1 if none did.
     Del {
         #[arg(required = true)]
         keys: Vec<OsString>,
@@ -168,15 +170,16 @@ pub fn run(client: &mut Client, command: &Command, shell: &mut Shell, out: &mut 
                 value.iter().map(|w| w.as_bytes()).collect::<Vec<_>>().join(&b' ')
             };
             client.set(key, &value)?;
-            Ok(())
+            // The key may have held a chunked file: its chunks would be orphans now.
+            files::remove_chunks(client, key, None)
         }
         Command::Del { keys } => {
             let keys = keys_of(keys)?;
-            let mut deleted = 0;
+            let mut deleted = Vec::new();
             let requests = keys.iter().map(|key| Ok([b"del ", *key].concat()));
-            client.pipelined(requests, 128, |_, reply| {
+            client.pipelined(requests, 128, |i, reply| {
                 match reply.concat().as_slice() {
-                    b"DELETED" => deleted += 1,
+                    b"DELETED" => deleted.push(keys[i]),
                     b"NOT_FOUND" => {}
                     other => {
                         return Err(textkv::client::ClientError::Protocol(
@@ -186,8 +189,12 @@ pub fn run(client: &mut Client, command: &Command, shell: &mut Shell, out: &mut 
                 }
                 Ok(())
             })?;
-            integer(deleted, shell, out)?;
-            if deleted == 0 {
+            for key in &deleted {
+                // A deleted chunked file's chunks go too (as `rm` does).
+                files::remove_chunks(client, key, None)?;
+            }
+            integer(deleted.len() as u64, shell, out)?;
+            if deleted.is_empty() {
                 return Err(Error::NotFound(String::new()));
             }
             Ok(())

@@ -312,6 +312,12 @@ pub fn remove_stale_chunks(client: &mut Client, key: &[u8]) -> Result<()> {
         Stored::Chunked(manifest) => Some(manifest.id),
         _ => None,
     };
+    remove_chunks(client, key, keep.as_deref())
+}
+
+/// Deletes every chunk of `key` but those of upload `keep`: after `set`/`del` replaced or
+/// removed what may have been a chunked file (`keep` = `None`), or after a new manifest.
+pub fn remove_chunks(client: &mut Client, key: &[u8], keep: Option<&str>) -> Result<()> {
     let family = chunk_family(key);
     let stale: Vec<Vec<u8>> = client
         .keys_with_prefix(&family)?
@@ -324,7 +330,7 @@ pub fn remove_stale_chunks(client: &mut Client, key: &[u8]) -> Result<()> {
                 && n.len() > 1
                 && n[0] == b'.'
                 && n[1..].iter().all(u8::is_ascii_digit)
-                && keep.as_deref().map(str::as_bytes) != Some(id)
+                && keep.map(str::as_bytes) != Some(id)
         })
         .collect();
     let requests = stale.iter().map(|chunk| Ok([b"del ", chunk.as_slice()].concat()));
