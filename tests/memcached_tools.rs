@@ -112,3 +112,8 @@ fn tools_round_trip(binary: bool) {
 fn libmemcached_tools_work_in_ascii() {
     tools_round_trip(false);
 }
+
+#[test]
+fn libmemcached_tools_work_in_binary() {
+    tools_round_trip(true);
+}

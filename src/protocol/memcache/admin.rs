@@ -232,7 +232,7 @@ impl Executor<'_> {
         lines.stat("verbosity", 0);
         lines.stat("evictions", "off");
         lines.stat("cas_enabled", "yes");
-        lines.stat("binding_protocol", "ascii");
+        lines.stat("binding_protocol", "auto-negotiate");
         lines.stat("auth_enabled_sasl", auth);
         lines.stat("auth_enabled_ascii", auth);
         lines.stat("item_size_max", self.ctx.limits.max_value_bytes);

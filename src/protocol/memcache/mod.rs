@@ -1,5 +1,6 @@
 //! memcached's ASCII protocol over the same [`Store`] as the line protocol, so that every
-//! memcached client, tool and proxy works against textkv unchanged.
+//! memcached client, tool and proxy works against textkv unchanged. A connection whose first
+//! byte is `0x80` speaks the binary protocol instead ([`binary`]).
 //!
 //! Framing: a request is a line ending in `\r\n` (a bare `\n` is accepted), and the storage
 //! commands (`set add replace append prepend cas ms`) are followed by a data block of exactly
@@ -44,6 +45,7 @@
 //! `get big big big …` cannot make the server hold keys × value bytes of replies.
 
 mod admin;
+pub mod binary;
 mod flush;
 mod meta;
 mod request;
@@ -156,6 +158,11 @@ pub struct MemcacheSession {
     dump: Option<Dump>,
     /// The last call stopped because its replies reached FLUSH_THRESHOLD with input left.
     output_full: bool,
+    /// Whether the connection's first byte has been seen (it decides the protocol).
+    negotiated: bool,
+    /// Set when the first byte was the binary request magic: the connection speaks binary.
+    binary: Option<binary::BinarySession>,
+    peer: Option<SocketAddr>,
     registration: Registration,
 }
 
@@ -171,6 +178,9 @@ impl MemcacheSession {
             access,
             dump: None,
             output_full: false,
+            negotiated: false,
+            binary: None,
+            peer: None,
             registration: Registration::new(None),
         }
     }
@@ -179,6 +189,7 @@ impl MemcacheSession {
     pub fn with_peer(mut self, peer: SocketAddr) -> Self {
         self.access = Access::new(self.ctx.users.is_some(), Some(peer)).with_max_failures(1);
         self.registration = Registration::new(Some(peer));
+        self.peer = Some(peer);
         self
     }
 
@@ -553,8 +564,19 @@ impl Session for MemcacheSession {
     }
 
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
-        let mut consumed = 0;
+        if !self.negotiated && !input.is_empty() {
+            self.negotiated = true;
+            if input[0] == binary::REQUEST_MAGIC {
+                // SASL allows a few attempts on one connection, as for the line protocol.
+                let access = Access::new(self.ctx.users.is_some(), self.peer);
+                self.binary = Some(binary::BinarySession::new(Arc::clone(&self.ctx), access));
+            }
+        }
         self.registration.active();
+        if let Some(binary) = &mut self.binary {
+            return binary.process(input, out, &self.registration);
+        }
+        let mut consumed = 0;
         self.output_full = false;
         if self.resume_dump(out) {
             return Progress { consumed, close: false };
@@ -768,6 +790,14 @@ impl Executor<'_> {
     }
 
     fn flush_all(&self, delay: i64, out: &mut Vec<u8>) {
+        match self.flush(delay) {
+            Ok(()) => out.extend_from_slice(b"OK\r\n"),
+            Err(e) => server_error(&e, out),
+        }
+    }
+
+    /// `flush_all` in either protocol: now, or after `delay`.
+    fn flush(&self, delay: i64) -> Result<(), StoreError> {
         ServerStats::bump(&self.counters().cmd_flush);
         // memcached reads the delay like an exptime: relative, or a Unix time past 30 days. A
         // Unix time not in the future flushes now, like no delay: scheduled with delay 0, the
@@ -776,13 +806,10 @@ impl Executor<'_> {
         let delay = if delay > 0 { expires_at(delay, now).saturating_sub(now) } else { 0 };
         if delay > 0 {
             flush::schedule(&self.ctx.store, Some(Duration::from_secs(delay)));
-            out.extend_from_slice(b"OK\r\n");
-            return;
+            return Ok(());
         }
         flush::schedule(&self.ctx.store, None);
-        if self.write(WriteOp::Flush, out).is_some() {
-            out.extend_from_slice(b"OK\r\n");
-        }
+        self.ctx.store.write(WriteOp::Flush).map(|_| ())
     }
 
     fn stats(&self, out: &mut Vec<u8>) {

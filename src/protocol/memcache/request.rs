@@ -370,7 +370,7 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, Invalid> {
 }
 
 /// `stats <group> …`, with memcached's error for each wrong form.
-fn parse_stats_group(args: &[&[u8]]) -> Result<StatsGroup, Invalid> {
+pub fn parse_stats_group(args: &[&[u8]]) -> Result<StatsGroup, Invalid> {
     Ok(match args[0] {
         b"settings" => StatsGroup::Settings,
         b"items" => StatsGroup::Items,
