@@ -156,3 +156,35 @@ fn the_prompt_survives_a_server_restart_and_keeps_history_line_by_line() {
     assert_eq!(restarted.client().get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
     wait_for_file(&dir.path().join(".kvclient_history"), "set k after");
 }
+
+#[test]
+fn a_large_transfer_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
+    if !have_tmux() {
+        return;
+    }
+    let (dir, db) = temp_db();
+    let server = Server::start(&db, &["--fsync", "never"]);
+    let file = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let name = format!("kvclient-progress-{}", std::process::id());
+    let command =
+        format!("{KVCLIENT} --addr {} put {} big; echo put-exited-$?; sleep 60", server.addr, file.display());
+    let term = Terminal::start(&name, dir.path(), &command);
+    let screen = term.wait_for(" eta ", 1);
+    assert!(screen.contains("big.bin"), "the bar names the file: {screen}");
+    term.wait_for("put-exited-0", 1);
+    let manifest = server.client().get(b"big").unwrap().unwrap();
+    assert!(manifest.starts_with(b"textkv-file v1 size=25165824 chunks=24 "), "{manifest:?}");
+
+    let piped = Command::new(KVCLIENT)
+        .args(["--addr", &server.addr.to_string(), "get", "big", "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(piped.status.success() && piped.stdout == data);
+    assert!(
+        piped.stderr.is_empty(),
+        "nothing but the file when piped: {:?}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+}
