@@ -179,6 +179,10 @@ fn run_line(connection: &mut Connection, shell: &mut Shell, line: &str) -> Resul
     if own {
         let parsed = match PromptLine::try_parse_from(words.iter().map(OsString::from)) {
             Ok(parsed) => parsed,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                writeln!(stdout, "{}", e.render().to_string().trim_end())?;
+                return Ok(());
+            }
             Err(e) => {
                 let text = e.render().to_string();
                 return Err(Error::Refused(text.trim_end().to_string()));
