@@ -275,6 +275,9 @@ fn the_memcache_crate_works_in_its_default_binary_protocol() {
     assert_eq!(client.version().unwrap()[0].1, "1.6.18");
     let stats = client.stats().unwrap();
     assert_eq!(stats[0].1.get("curr_items").map(String::as_str), Some("1"));
+    assert_eq!(stats[0].1.get("cas_hits").map(String::as_str), Some("1"));
+    assert_eq!(stats[0].1.get("cas_badval").map(String::as_str), Some("1"));
+    assert_eq!(stats[0].1.get("delete_hits").map(String::as_str), Some("1"));
     client.flush().unwrap();
     assert_eq!(client.get::<String>("new").unwrap(), None);
 }

@@ -235,6 +235,8 @@ struct PendingReply {
     answer: Answer,
     /// For getk-style replies (gatk, gatkq): the key to echo.
     key: Vec<u8>,
+    /// A set or replace with a CAS (counted as memcached's `cas_*`).
+    compare_and_swap: bool,
 }
 
 /// The binary-protocol state of one connection.
@@ -385,7 +387,8 @@ impl BinarySession {
         if let Some(write) = self.write_of(p) {
             self.pending_bytes += write.payload_len();
             let key = if matches!(op, GATK | GATKQ) { p.key.to_vec() } else { Vec::new() };
-            self.pending.push((write, PendingReply { answer: p.answer(), key }));
+            let compare_and_swap = matches!(write, WriteOp::Store { mode: StoreMode::Cas(_), .. });
+            self.pending.push((write, PendingReply { answer: p.answer(), key, compare_and_swap }));
             if self.pending.len() >= MAX_PENDING_WRITES || self.pending_bytes >= MAX_PENDING_BYTES {
                 self.flush_pending(out);
             }
@@ -497,6 +500,9 @@ impl BinarySession {
         let fail = |status: Status, out: &mut Vec<u8>| answer.error(out, status);
         match (op, outcome) {
             (_, WriteOutcome::Stored { cas }) => {
+                if reply.compare_and_swap {
+                    ServerStats::bump(&c.cas_hits);
+                }
                 if !quiet {
                     answer.encode(out, Status::Success, cas, &[], &[], &[]);
                 }
@@ -505,7 +511,7 @@ impl BinarySession {
             (REPLACE | REPLACEQ, WriteOutcome::NotStored) => fail(Status::KeyNotFound, out),
             (_, WriteOutcome::NotStored) => fail(Status::NotStored, out),
             (_, WriteOutcome::Exists) => {
-                if matches!(op, SET | SETQ | REPLACE | REPLACEQ) {
+                if reply.compare_and_swap {
                     ServerStats::bump(&c.cas_badval);
                 }
                 fail(Status::KeyExists, out)
@@ -549,7 +555,7 @@ impl BinarySession {
                             ServerStats::bump(&c.get_misses);
                         }
                     }
-                    SET | SETQ | REPLACE | REPLACEQ => ServerStats::bump(&c.cas_misses),
+                    _ if reply.compare_and_swap => ServerStats::bump(&c.cas_misses),
                     _ => {}
                 }
                 // gatq/gatkq misses are silent, like getq's.
