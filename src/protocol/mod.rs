@@ -8,6 +8,7 @@
 //!
 //! [`Store`]: crate::store::Store
 
+pub mod glob;
 pub mod line;
 pub mod memcache;
 

@@ -41,11 +41,19 @@ use super::{StoreMode, WriteOp, WriteOutcome};
 pub trait State {
     /// Runs `f` on the live item under `key` at time `now`.
     fn peek<R>(&self, key: &[u8], now: u64, f: impl FnOnce(Option<ItemRef<'_>>) -> R) -> R;
+
+    /// How many live items at time `now` have a key starting with `prefix` that `also`
+    /// accepts (for `delprefix`'s count).
+    fn count_prefix(&self, prefix: &[u8], now: u64, also: &dyn Fn(&[u8]) -> bool) -> usize;
 }
 
 impl State for Index {
     fn peek<R>(&self, key: &[u8], now: u64, f: impl FnOnce(Option<ItemRef<'_>>) -> R) -> R {
         self.with(key, now, f)
+    }
+
+    fn count_prefix(&self, prefix: &[u8], now: u64, also: &dyn Fn(&[u8]) -> bool) -> usize {
+        Index::count_prefix(self, prefix, now, also)
     }
 }
 
@@ -63,19 +71,43 @@ pub struct Inputs {
 /// A change to the log and the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect<'a> {
-    Set { key: &'a [u8], value: Cow<'a, [u8]>, flags: u32, expires_at: u64, cas: u64 },
-    Del { key: &'a [u8] },
+    Set {
+        key: &'a [u8],
+        value: Cow<'a, [u8]>,
+        flags: u32,
+        expires_at: u64,
+        cas: u64,
+    },
+    Del {
+        key: &'a [u8],
+    },
     Flush,
+    /// `dst` takes a copy of `src`'s item (with a new CAS); with `remove_source`, `src` is
+    /// deleted: one `copy` or `rename` record.
+    Copy {
+        src: &'a [u8],
+        dst: &'a [u8],
+        value: Cow<'a, [u8]>,
+        flags: u32,
+        expires_at: u64,
+        cas: u64,
+        remove_source: bool,
+    },
+    /// Every key starting with `prefix` is deleted: one `delprefix` record.
+    DelPrefix {
+        prefix: &'a [u8],
+    },
 }
 
 impl Effect<'_> {
-    /// The item a `Set` leaves.
+    /// The item a `Set` (or a `Copy`, under `dst`) leaves.
     pub fn item(&self) -> Option<ItemRef<'_>> {
         match self {
-            Effect::Set { value, flags, expires_at, cas, .. } => {
+            Effect::Set { value, flags, expires_at, cas, .. }
+            | Effect::Copy { value, flags, expires_at, cas, .. } => {
                 Some(ItemRef { value, flags: *flags, expires_at: *expires_at, cas: *cas })
             }
-            Effect::Del { .. } | Effect::Flush => None,
+            Effect::Del { .. } | Effect::Flush | Effect::DelPrefix { .. } => None,
         }
     }
 }
@@ -103,6 +135,8 @@ struct Batch<'s, 'a, S> {
     overlay: HashMap<&'a [u8], Overlay>,
     /// A flush earlier in the batch: keys not in `overlay` are absent.
     flushed: bool,
+    /// Prefixes deleted earlier in the batch: keys under them not in `overlay` are absent.
+    deleted_prefixes: Vec<&'a [u8]>,
     effects: Vec<Effect<'a>>,
     next_cas: u64,
 }
@@ -118,6 +152,7 @@ pub fn decide<'a>(
         inputs,
         overlay: HashMap::new(),
         flushed: false,
+        deleted_prefixes: Vec::new(),
         effects: Vec::new(),
         next_cas: inputs.first_cas,
     };
@@ -131,9 +166,14 @@ impl<'a, S: State> Batch<'_, 'a, S> {
         match self.overlay.get(key) {
             Some(&Overlay::SetBy(at)) => f(self.effects[at].item()),
             Some(Overlay::Absent) => f(None),
-            None if self.flushed => f(None),
+            None if self.deleted_in_batch(key) => f(None),
             None => self.state.peek(key, self.inputs.now, f),
         }
+    }
+
+    /// Whether a flush or a deleted prefix earlier in the batch covers `key`.
+    fn deleted_in_batch(&self, key: &[u8]) -> bool {
+        self.flushed || self.deleted_prefixes.iter().any(|prefix| key.starts_with(prefix))
     }
 
     /// Only whether the item is there, and its CAS unique: no copy of the value.
@@ -166,7 +206,22 @@ impl<'a, S: State> Batch<'_, 'a, S> {
             }
             Effect::Flush => {
                 self.overlay.clear();
+                self.deleted_prefixes.clear();
                 self.flushed = true;
+            }
+            Effect::Copy { src, dst, remove_source, .. } => {
+                self.overlay.insert(dst, Overlay::SetBy(self.effects.len()));
+                if *remove_source {
+                    self.overlay.insert(src, Overlay::Absent);
+                }
+            }
+            Effect::DelPrefix { prefix } => {
+                for (key, state) in self.overlay.iter_mut() {
+                    if key.starts_with(prefix) {
+                        *state = Overlay::Absent;
+                    }
+                }
+                self.deleted_prefixes.push(prefix);
             }
         }
         self.effects.push(effect);
@@ -197,10 +252,13 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                         Some(cas) if cas != expected => return WriteOutcome::Exists,
                         Some(_) => (Cow::Borrowed(&value[..]), *flags, *expires_at),
                     },
-                    StoreMode::Append | StoreMode::Prepend => {
+                    StoreMode::AppendOrCreate if self.current_cas(key).is_none() => {
+                        (Cow::Borrowed(&value[..]), *flags, *expires_at)
+                    }
+                    StoreMode::Append | StoreMode::Prepend | StoreMode::AppendOrCreate => {
                         let joined = self.peek(key, |old| {
                             old.map(|old| {
-                                let (first, second) = if *mode == StoreMode::Append {
+                                let (first, second) = if *mode != StoreMode::Prepend {
                                     (old.value, &value[..])
                                 } else {
                                     (&value[..], old.value)
@@ -276,6 +334,47 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                 self.push(Effect::Flush);
                 WriteOutcome::Flushed
             }
+            WriteOp::Copy { src, dst, remove_source, only_if_absent } => {
+                let Some(item) = self.current(src) else { return WriteOutcome::NotFound };
+                if *only_if_absent && self.current_cas(dst).is_some() {
+                    return WriteOutcome::Exists;
+                }
+                if src == dst {
+                    return WriteOutcome::Copied;
+                }
+                let cas = self.take_cas();
+                self.push(Effect::Copy {
+                    src,
+                    dst,
+                    value: Cow::Owned(item.value.into_vec()),
+                    flags: item.flags,
+                    expires_at: item.expires_at,
+                    cas,
+                    remove_source: *remove_source,
+                });
+                WriteOutcome::Copied
+            }
+            WriteOp::DeletePrefix { prefix } => {
+                // Live keys under the prefix as of this point in the batch: the state's that
+                // the batch has not touched, and the batch's own.
+                let in_state = if self.flushed {
+                    0
+                } else {
+                    let untouched =
+                        |key: &[u8]| !self.overlay.contains_key(key) && !self.deleted_in_batch(key);
+                    self.state.count_prefix(prefix, self.inputs.now, &untouched)
+                };
+                let in_batch = self
+                    .overlay
+                    .iter()
+                    .filter(|(key, state)| key.starts_with(prefix) && matches!(state, Overlay::SetBy(_)))
+                    .count();
+                let count = (in_state + in_batch) as u64;
+                if count > 0 {
+                    self.push(Effect::DelPrefix { prefix });
+                }
+                WriteOutcome::Count(count)
+            }
         }
     }
 }
@@ -292,6 +391,11 @@ mod tests {
     impl State for Map {
         fn peek<R>(&self, key: &[u8], now: u64, f: impl FnOnce(Option<ItemRef<'_>>) -> R) -> R {
             f(self.0.get(key).filter(|item| !is_expired(item.expires_at, now)).map(Item::as_ref))
+        }
+
+        fn count_prefix(&self, prefix: &[u8], now: u64, also: &dyn Fn(&[u8]) -> bool) -> usize {
+            let live = |(key, item): &(&Vec<u8>, &Item)| !is_expired(item.expires_at, now) && also(key);
+            self.0.iter().filter(|(key, _)| key.starts_with(prefix)).filter(live).count()
         }
     }
 

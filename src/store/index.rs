@@ -20,6 +20,7 @@
 //! different keys never contend and the writer thread only blocks the one shard it is
 //! updating. Readers never touch the writer's channel or the file.
 
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::ptr::NonNull;
 
@@ -174,6 +175,56 @@ impl Drop for Entry {
     }
 }
 
+/// Bytes a key costs in [`Index::next_keys`]'s budget on top of its own: its box, and the
+/// framing of the reply line it becomes.
+pub const KEY_OVERHEAD: usize = 16;
+
+/// A position in a walk over every key ([`Index::next_keys`]): a shard, and the last key
+/// returned from it. Shards are visited in order and each in bytewise key order, so the
+/// position is meaningful whatever happens to the table between two calls; it is not across
+/// a restart (the hash that picks a key's shard is seeded per process).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCursor {
+    shard: usize,
+    after: Option<Box<[u8]>>,
+}
+
+impl KeyCursor {
+    /// The walk has visited every shard.
+    pub fn is_done(&self) -> bool {
+        self.shard >= SHARDS
+    }
+
+    /// A cursor as a token without spaces: `<shard>` at the start of a shard, else
+    /// `<shard>:<last key>` (raw key bytes: keys hold no spaces or control bytes). The start
+    /// and the end of the walk are both `0`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let shard = if self.is_done() { 0 } else { self.shard };
+        out.extend_from_slice(shard.to_string().as_bytes());
+        if let Some(after) = &self.after {
+            out.push(b':');
+            out.extend_from_slice(after);
+        }
+    }
+
+    /// Reads a token written by [`KeyCursor::encode_into`]; `None` when it is not one.
+    pub fn decode(token: &[u8]) -> Option<KeyCursor> {
+        let (shard, after) = match token.iter().position(|&b| b == b':') {
+            Some(colon) => (&token[..colon], Some(&token[colon + 1..])),
+            None => (token, None),
+        };
+        if shard.is_empty() || shard.len() > 3 || !shard.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let shard: usize = std::str::from_utf8(shard).ok()?.parse().ok()?;
+        match after {
+            _ if shard >= SHARDS => None,
+            Some(after) if after.is_empty() || after.len() > usize::from(u8::MAX) => None,
+            after => Some(KeyCursor { shard, after: after.map(Box::from) }),
+        }
+    }
+}
+
 type Shard = RwLock<HashTable<Entry>>;
 
 /// The sharded table. Expired items stay until overwritten, deleted or swept
@@ -250,6 +301,34 @@ impl Index {
         }
     }
 
+    /// Removes every entry whose key starts with `prefix` (expired ones too); returns how
+    /// many. Takes each shard's write lock in turn, so it is not atomic for readers: a reader
+    /// may see some of the keys gone and others not yet (the log record is atomic).
+    pub fn remove_prefix(&self, prefix: &[u8]) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let before = shard.len();
+            shard.retain(|entry| !entry.key().starts_with(prefix));
+            removed += before - shard.len();
+        }
+        removed
+    }
+
+    /// Live items whose key starts with `prefix` and passes `also`, counted one shard at a
+    /// time.
+    pub fn count_prefix(&self, prefix: &[u8], now: u64, also: &dyn Fn(&[u8]) -> bool) -> usize {
+        let mut count = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            count += shard
+                .iter()
+                .filter(|e| e.key().starts_with(prefix) && e.is_live(now) && also(e.key()))
+                .count();
+        }
+        count
+    }
+
     /// Removes the items expired at `now`; returns how many.
     pub fn remove_expired(&self, now: u64) -> usize {
         let mut removed = 0;
@@ -278,7 +357,8 @@ impl Index {
         self.len() == 0
     }
 
-    /// Live keys starting with `prefix`, sorted.
+    /// Live keys starting with `prefix`, sorted, all at once: for tests and checks. The
+    /// server lists keys with [`Index::next_keys`], which bounds its memory.
     pub fn keys(&self, prefix: &[u8], now: u64) -> Vec<Box<[u8]>> {
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
@@ -292,6 +372,73 @@ impl Index {
         }
         keys.sort_unstable();
         keys
+    }
+
+    /// The next live keys accepted by `wanted` from `cursor` on, in cursor order (shard by
+    /// shard, bytewise within a shard), and moves `cursor` past them. Stops after `max_keys`
+    /// keys or about `max_bytes` bytes of them (each counted as its length plus
+    /// [`KEY_OVERHEAD`]); returns at least one key unless the walk is over
+    /// ([`KeyCursor::is_done`]).
+    ///
+    /// Each call holds one shard's read lock at a time and passes over every entry of the
+    /// shards it visits, keeping only the smallest keys past the cursor in a bounded heap: the
+    /// memory is bounded by the budget, not by the shard. Because the position is a key, not
+    /// a slot, it survives the table being resized or rehashed between calls: a key present
+    /// for the whole walk is returned exactly once, and a key added or removed meanwhile at
+    /// most once.
+    pub fn next_keys(
+        &self,
+        cursor: &mut KeyCursor,
+        now: u64,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Vec<Box<[u8]>> {
+        let (max_keys, max_bytes) = (max_keys.max(1), max_bytes.max(1));
+        let mut found: Vec<Box<[u8]>> = Vec::new();
+        let mut found_bytes = 0;
+        while cursor.shard < SHARDS && found.len() < max_keys && found_bytes < max_bytes {
+            let (keys_left, bytes_left) = (max_keys - found.len(), max_bytes - found_bytes);
+            // The smallest keys past the cursor, largest on top so it is the one to drop;
+            // borrowed from the shard while its lock is held, copied only once chosen. Keys
+            // cost different amounts, so once one is dropped every key from it up is out
+            // (`ceiling`): else a shorter, larger key could take the room of a dropped one.
+            let mut heap_bytes = 0;
+            let (batch, truncated): (Vec<Box<[u8]>>, bool) = {
+                let shard = self.shards[cursor.shard].read();
+                let mut ceiling: Option<&[u8]> = None;
+                let mut smallest: BinaryHeap<&[u8]> = BinaryHeap::new();
+                for entry in shard.iter() {
+                    let key = entry.key();
+                    if cursor.after.as_deref().is_some_and(|after| key <= after)
+                        || ceiling.is_some_and(|ceiling| key >= ceiling)
+                        || !entry.is_live(now)
+                        || !wanted(key)
+                    {
+                        continue;
+                    }
+                    heap_bytes += key.len() + KEY_OVERHEAD;
+                    smallest.push(key);
+                    while smallest.len() > 1 && (smallest.len() > keys_left || heap_bytes > bytes_left) {
+                        if let Some(dropped) = smallest.pop() {
+                            heap_bytes -= dropped.len() + KEY_OVERHEAD;
+                            ceiling = Some(dropped);
+                        }
+                    }
+                }
+                (smallest.into_sorted_vec().into_iter().map(Box::from).collect(), ceiling.is_some())
+            };
+            found_bytes += heap_bytes;
+            if truncated {
+                cursor.after = batch.last().cloned();
+                found.extend(batch);
+                break;
+            }
+            found.extend(batch);
+            cursor.shard += 1;
+            cursor.after = None;
+        }
+        found
     }
 
     /// Visits every live item one shard at a time, holding only that shard's read lock while
@@ -358,6 +505,142 @@ mod tests {
         let index = Index::default();
         index.insert(b"k", item(b"v", u64::MAX).as_ref());
         assert_eq!(index.get(b"k", 0).unwrap().expires_at, u64::from(u32::MAX));
+    }
+
+    /// Walks every key live at time 10 with `max_keys` per call, running `between` after each
+    /// call.
+    fn walk(index: &Index, max_keys: usize, mut between: impl FnMut(usize)) -> Vec<Box<[u8]>> {
+        let mut cursor = KeyCursor::default();
+        let mut seen = Vec::new();
+        let mut calls = 0;
+        while !cursor.is_done() {
+            let keys = index.next_keys(&mut cursor, 10, &|_| true, max_keys, usize::MAX);
+            assert!(keys.len() <= max_keys);
+            assert!(!keys.is_empty() || cursor.is_done(), "a call returns a key unless the walk is over");
+            seen.extend(keys);
+            calls += 1;
+            between(calls);
+        }
+        seen
+    }
+
+    #[test]
+    fn next_keys_come_shard_by_shard_sorted_within_a_shard_and_filtered() {
+        let index = Index::default();
+        for i in 0..2000 {
+            index.insert(format!("k{i}").as_bytes(), item(b"x", if i % 10 == 0 { 5 } else { 0 }).as_ref());
+        }
+        let seen = walk(&index, 7, |_| {});
+        assert_eq!(seen.len(), 1800, "expired items are skipped");
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "no key twice");
+        let shard_of = |key: &[u8]| (index.hasher.hash_one(key) >> 32) as usize % SHARDS;
+        for pair in seen.windows(2) {
+            let (a, b) = (shard_of(&pair[0]), shard_of(&pair[1]));
+            assert!(a < b || (a == b && pair[0] < pair[1]), "cursor order");
+        }
+        let mut cursor = KeyCursor::default();
+        let mut ones = Vec::new();
+        while !cursor.is_done() {
+            ones.extend(index.next_keys(&mut cursor, 10, &|k| k.starts_with(b"k1"), 1000, usize::MAX));
+        }
+        assert_eq!(ones.len(), 1 + 10 + 100 + 1000 - 111, "k1, k1x, k1xx, k1xxx without the expired");
+    }
+
+    #[test]
+    fn next_keys_keeps_to_its_byte_budget() {
+        let index = Index::default();
+        for i in 0..5000 {
+            index.insert(format!("{i:0200}").as_bytes(), item(b"x", 0).as_ref());
+        }
+        let mut cursor = KeyCursor::default();
+        let mut total = 0;
+        while !cursor.is_done() {
+            let keys = index.next_keys(&mut cursor, 0, &|_| true, usize::MAX, 4096);
+            let bytes: usize = keys.iter().map(|k| k.len() + KEY_OVERHEAD).sum();
+            assert!(bytes <= 4096 + 216, "{bytes} bytes returned for a 4096-byte budget");
+            total += keys.len();
+        }
+        assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn a_walk_returns_every_key_present_throughout_exactly_once_while_tables_resize() {
+        let index = Index::default();
+        for i in 0..3000 {
+            index.insert(format!("stay{i}").as_bytes(), item(b"x", 0).as_ref());
+        }
+        // Between calls: add 40,000 keys (every table grows several times), delete them again
+        // (and shrink nothing: hashbrown keeps capacity), and churn.
+        let seen = walk(&index, 50, |call| {
+            for j in 0..400 {
+                index.insert(format!("new{call}:{j}").as_bytes(), item(b"y", 0).as_ref());
+            }
+            if call % 3 == 0 {
+                for j in 0..400 {
+                    index.remove(format!("new{}:{j}", call - 1).as_bytes());
+                }
+            }
+        });
+        let mut stay: Vec<_> = seen.iter().filter(|k| k.starts_with(b"stay")).cloned().collect();
+        assert_eq!(stay.len(), 3000, "every key present throughout, once");
+        stay.sort();
+        stay.dedup();
+        assert_eq!(stay.len(), 3000);
+        let mut all = seen.clone();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), seen.len(), "no key returned twice");
+    }
+
+    #[test]
+    fn a_walk_in_byte_budgeted_parts_misses_nothing() {
+        for _ in 0..200 {
+            let index = Index::default();
+            std::thread::scope(|scope| {
+                for t in 0..64 {
+                    let index = &index;
+                    scope.spawn(move || {
+                        for i in 0..50 {
+                            index.insert(format!("c{t}:{i}").as_bytes(), item(b"x", 0).as_ref());
+                        }
+                    });
+                }
+            });
+            let mut cursor = KeyCursor::default();
+            let mut seen = Vec::new();
+            let mut out_len = 0usize;
+            while !cursor.is_done() {
+                if out_len >= 65536 {
+                    out_len = 0;
+                }
+                let keys =
+                    index.next_keys(&mut cursor, 0, &|k| k.starts_with(b"c"), usize::MAX, 65536 - out_len);
+                out_len += keys.iter().map(|k| k.len() + 5).sum::<usize>();
+                seen.extend(keys);
+            }
+            assert_eq!(seen.len(), 3200);
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_as_tokens_and_bad_ones_are_refused() {
+        let cursor = KeyCursor { shard: 3, after: Some(Box::from(&b"a:b\xff"[..])) };
+        let mut token = Vec::new();
+        cursor.encode_into(&mut token);
+        assert_eq!(token, b"3:a:b\xff");
+        assert_eq!(KeyCursor::decode(&token), Some(cursor));
+        assert_eq!(KeyCursor::decode(b"0"), Some(KeyCursor::default()));
+        assert_eq!(KeyCursor::decode(b"17"), Some(KeyCursor { shard: 17, after: None }));
+        for bad in [&b""[..], b"x", b"256", b"-1", b"1:", b"0001", b":k", b"12a:k"] {
+            assert_eq!(KeyCursor::decode(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let done = KeyCursor { shard: SHARDS, after: None };
+        let mut token = Vec::new();
+        done.encode_into(&mut token);
+        assert_eq!(token, b"0", "the end of the walk is written as 0");
     }
 
     proptest! {

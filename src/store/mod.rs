@@ -1,6 +1,6 @@
 //! The storage engine: an exact-match index in memory and an append-only text log on disk.
 //!
-//! Reads ([`Store::get`], [`Store::keys`]) go straight to the index and never wait for the
+//! Reads ([`Store::get`], [`Store::next_keys`]) go straight to the index and never wait for the
 //! disk. Writes ([`Store::write`]) join a write group (`writer`): the caller that leads it
 //! decides every queued write against the current state (`decide`, a pure function, so
 //! `add`, `cas`, `incr`… are atomic), appends the group's records to the log and makes them
@@ -39,7 +39,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use format::KeyError;
 use index::Index;
-pub use index::{Item, ItemRef};
+pub use index::{Item, ItemRef, KeyCursor};
 
 pub use recovery::LoadError;
 
@@ -116,6 +116,9 @@ pub enum StoreMode {
     Prepend,
     /// Only if the item's CAS unique still equals this one.
     Cas(u64),
+    /// Append to a present key (flags and expiry kept), or store the data as a new item when
+    /// the key is absent (Redis's APPEND).
+    AppendOrCreate,
 }
 
 /// One write, decided by the writer thread against the state it sees.
@@ -154,6 +157,19 @@ pub enum WriteOp {
     },
     /// Delete every item.
     Flush,
+    /// `copy`/`rename`: `dst` takes a copy of `src`'s item (value, flags, expiry; a new CAS),
+    /// and with `remove_source` `src` is deleted, in one log record. With `only_if_absent`,
+    /// nothing happens when `dst` is present. `src == dst` changes nothing.
+    Copy {
+        src: Vec<u8>,
+        dst: Vec<u8>,
+        remove_source: bool,
+        only_if_absent: bool,
+    },
+    /// Delete every key starting with `prefix` (not empty), in one log record.
+    DeletePrefix {
+        prefix: Vec<u8>,
+    },
 }
 
 /// The item [`WriteOp::Arith`] creates for an absent key.
@@ -164,15 +180,19 @@ pub struct NewCounter {
 }
 
 impl WriteOp {
-    /// The key the op writes (none for a flush).
-    pub fn key(&self) -> Option<&[u8]> {
-        match self {
+    /// The keys the op names (none for a flush; a `copy`'s two; a prefix counts as one):
+    /// each is checked against the key rules before the op is carried out.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let (first, second): (Option<&[u8]>, Option<&[u8]>) = match self {
             WriteOp::Store { key, .. }
             | WriteOp::Delete { key, .. }
             | WriteOp::Touch { key, .. }
-            | WriteOp::Arith { key, .. } => Some(key),
-            WriteOp::Flush => None,
-        }
+            | WriteOp::Arith { key, .. } => (Some(key), None),
+            WriteOp::Copy { src, dst, .. } => (Some(src), Some(dst)),
+            WriteOp::DeletePrefix { prefix } => (Some(prefix), None),
+            WriteOp::Flush => (None, None),
+        };
+        first.into_iter().chain(second)
     }
 
     /// Key and value bytes the op carries (what it costs in a batch).
@@ -182,6 +202,8 @@ impl WriteOp {
             WriteOp::Delete { key, .. } | WriteOp::Touch { key, .. } | WriteOp::Arith { key, .. } => {
                 key.len()
             }
+            WriteOp::Copy { src, dst, .. } => src.len() + dst.len(),
+            WriteOp::DeletePrefix { prefix } => prefix.len(),
             WriteOp::Flush => 0,
         }
     }
@@ -211,6 +233,10 @@ pub enum WriteOutcome {
     /// The resulting value would exceed `max_value_bytes`.
     TooLarge,
     Flushed,
+    /// `Copy` done.
+    Copied,
+    /// `DeletePrefix` deleted this many live items.
+    Count(u64),
 }
 
 /// Why a write was not carried out. Nothing of it reached the index, and the log holds no
@@ -325,6 +351,8 @@ pub struct Store {
     writer: Arc<writer::Writer>,
     fsync: FsyncPolicy,
     load_millis: u64,
+    /// The database file (symbolic link resolved), for [`Store::disk_free_bytes`].
+    path: PathBuf,
 }
 
 /// Current time in Unix seconds.
@@ -449,7 +477,7 @@ impl Store {
             Arc::clone(&shared),
         )
         .map_err(io_err)?;
-        Ok(Store { shared, writer, fsync: config.fsync, load_millis })
+        Ok(Store { shared, writer, fsync: config.fsync, load_millis, path })
     }
 
     /// A store with an empty index on a simulated disk holding `config.path`, for the
@@ -462,7 +490,7 @@ impl Store {
         let shared = Arc::new(Shared { index: Index::default(), counters: Counters::default() });
         let disk: Arc<dyn Disk> = Arc::new(disk.clone());
         let writer = writer::Writer::start(&config, disk, file, len, 0, Arc::clone(&shared)).expect("writer");
-        Store { shared, writer, fsync: config.fsync, load_millis: 0 }
+        Store { shared, writer, fsync: config.fsync, load_millis: 0, path: config.path.clone() }
     }
 
     /// The live item under `key`.
@@ -476,9 +504,22 @@ impl Store {
         self.shared.index.with(key, unix_now(), f)
     }
 
-    /// Live keys starting with `prefix`, sorted.
+    /// Live keys starting with `prefix`, sorted, all at once: for tests and checks. The
+    /// protocols list keys with [`Store::next_keys`], whose memory is bounded.
     pub fn keys(&self, prefix: &[u8]) -> Vec<Box<[u8]>> {
         self.shared.index.keys(prefix, unix_now())
+    }
+
+    /// The next live keys accepted by `wanted`, from `cursor` on (see [`Index::next_keys`]):
+    /// the way to list keys with bounded memory, a part at a time.
+    pub fn next_keys(
+        &self,
+        cursor: &mut KeyCursor,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Vec<Box<[u8]>> {
+        self.shared.index.next_keys(cursor, unix_now(), wanted, max_keys, max_bytes)
     }
 
     /// Visits the live items of index shard `shard` (0..[`index::SHARDS`]) under that shard's
@@ -516,7 +557,7 @@ impl Store {
         let refused: Vec<(usize, KeyError)> = ops
             .iter()
             .enumerate()
-            .filter_map(|(at, op)| op.key().and_then(|key| format::validate_key(key).err()).map(|e| (at, e)))
+            .filter_map(|(at, op)| op.keys().find_map(|key| format::validate_key(key).err()).map(|e| (at, e)))
             .collect();
         if refused.is_empty() {
             return self.writer.write_many(ops);
@@ -558,6 +599,12 @@ impl Store {
             fsync: self.fsync,
             load_millis: self.load_millis,
         }
+    }
+
+    /// Bytes this process may still write on the file system holding the database (statvfs
+    /// of its directory), for `df`-like reports.
+    pub fn disk_free_bytes(&self) -> io::Result<u64> {
+        files::free_bytes(&self.path)
     }
 
     /// Finishes every queued write (and a running compaction) and fsyncs the log. Later

@@ -20,7 +20,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::files::sync_dir;
-use super::format::{FormatError, RecordRef};
+use super::format::{FormatError, MovedRef, RecordRef};
 use super::index::{is_expired, Index, ItemRef};
 use super::unix_now;
 
@@ -177,7 +177,9 @@ pub fn load(
 /// The index keeps value lengths in 32 bits.
 fn check_value_size(record: RecordRef<'_>) -> Result<RecordRef<'_>, BadLine> {
     match &record {
-        RecordRef::Set { value, .. } if u32::try_from(value.len()).is_err() => {
+        RecordRef::Set { value, .. } | RecordRef::Rename { moved: Some(MovedRef { value, .. }), .. }
+            if u32::try_from(value.len()).is_err() =>
+        {
             Err(BadLine::ValueTooLarge(value.len()))
         }
         _ => Ok(record),
@@ -199,15 +201,62 @@ fn apply(index: &Index, record: RecordRef<'_>, now: u64, next_cas: &mut impl FnM
     match record {
         RecordRef::Set { key, value, flags, expires_at } => {
             if is_expired(expires_at, now) {
-                index.remove(key);
+                index.remove(&key);
             } else {
-                index.insert(key, ItemRef { value: &value, flags, expires_at, cas: next_cas() });
+                index.insert(&key, ItemRef { value: &value, flags, expires_at, cas: next_cas() });
             }
         }
         RecordRef::Del { key } => {
-            index.remove(key);
+            index.remove(&key);
         }
         RecordRef::Flush => index.clear(),
+        RecordRef::Copy { src, dst } => copy_item(index, &src, &dst, false, now, next_cas),
+        RecordRef::Rename { src, dst, moved: None } => copy_item(index, &src, &dst, true, now, next_cas),
+        RecordRef::Rename { src, dst, moved: Some(moved) } => {
+            // The form that carries the item: a `del` of src and a `set` of dst in one record.
+            index.remove(&src);
+            apply(
+                index,
+                RecordRef::Set {
+                    key: dst,
+                    value: moved.value,
+                    flags: moved.flags,
+                    expires_at: moved.expires_at,
+                },
+                now,
+                next_cas,
+            );
+        }
+        RecordRef::DelPrefix { prefix } => {
+            index.remove_prefix(&prefix);
+        }
+    }
+}
+
+/// Replays `copy` (or `rename`, with `remove_source`). The writer writes one only when src is
+/// present, so a src missing here expired before this start (loading skips expired items):
+/// dst was given that same expired item, so it is gone too.
+fn copy_item(
+    index: &Index,
+    src: &[u8],
+    dst: &[u8],
+    remove_source: bool,
+    now: u64,
+    next_cas: &mut impl FnMut() -> u64,
+) {
+    if src == dst {
+        return;
+    }
+    match index.get(src, now) {
+        Some(item) => {
+            index.insert(dst, ItemRef { cas: next_cas(), ..item.as_ref() });
+        }
+        None => {
+            index.remove(dst);
+        }
+    }
+    if remove_source {
+        index.remove(src);
     }
 }
 
@@ -247,7 +296,7 @@ mod tests {
     fn a_value_an_item_cannot_hold_is_a_bad_line_not_a_panic() {
         // 4 GiB of zeros: calloc-backed, so no memory is touched.
         let huge = Cow::Owned(vec![0u8; 1 << 32]);
-        let record = RecordRef::Set { key: b"k", value: huge, flags: 0, expires_at: 0 };
+        let record = RecordRef::Set { key: Cow::Borrowed(b"k"), value: huge, flags: 0, expires_at: 0 };
         let err = check_value_size(record).unwrap_err();
         assert_eq!(err, BadLine::ValueTooLarge(1 << 32));
         assert!(err.to_string().contains("larger than an item can hold"), "{err}");

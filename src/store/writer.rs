@@ -34,7 +34,9 @@ use super::compaction::{self, Compaction, Waiter as CompactionWaiter};
 use super::decide::{decide, Effect, Inputs};
 use super::disk::{Disk, DiskFile};
 use super::files;
-use super::format::{encode_del, encode_flush, encode_set};
+use super::format::{
+    encode_copy, encode_del, encode_delprefix, encode_flush, encode_rename, encode_rename_moving, encode_set,
+};
 use super::logfile::{LogFile, SyncTarget};
 use super::reserve::Reserve;
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, WriteOp, WriteOutcome};
@@ -337,6 +339,10 @@ impl Engine {
         let decision = decide(&self.shared.index, ops.clone(), inputs);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        // While a compaction runs, its tail is replayed over a walk of the index that may
+        // already show later writes, so copies and renames are written in the forms that
+        // carry their item (see `format`).
+        let compacting = self.compaction.is_some();
         for effect in &decision.effects {
             match effect {
                 Effect::Set { key, value, flags, expires_at, .. } => {
@@ -344,6 +350,15 @@ impl Engine {
                 }
                 Effect::Del { key } => encode_del(key, &mut buf),
                 Effect::Flush => encode_flush(&mut buf),
+                Effect::Copy { src, dst, value, flags, expires_at, remove_source, .. } => {
+                    match (compacting, remove_source) {
+                        (false, false) => encode_copy(src, dst, &mut buf),
+                        (false, true) => encode_rename(src, dst, &mut buf),
+                        (true, false) => encode_set(dst, value, *flags, *expires_at, &mut buf),
+                        (true, true) => encode_rename_moving(src, dst, value, *flags, *expires_at, &mut buf),
+                    }
+                }
+                Effect::DelPrefix { prefix } => encode_delprefix(prefix, &mut buf),
             }
         }
         let appended = if buf.is_empty() { Ok(()) } else { self.log.append(&buf) };
@@ -391,6 +406,18 @@ impl Engine {
             Effect::Flush => {
                 index.clear();
                 self.live_keys = 0;
+            }
+            Effect::Copy { src, dst, remove_source, .. } => {
+                let item = effect.item().expect("a copy has an item");
+                if !index.insert(dst, item) {
+                    self.live_keys += 1;
+                }
+                if *remove_source && index.remove(src) {
+                    self.live_keys -= 1;
+                }
+            }
+            Effect::DelPrefix { prefix } => {
+                self.live_keys -= index.remove_prefix(prefix) as u64;
             }
         }
     }
