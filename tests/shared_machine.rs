@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::faults::Conn;
-use common::{temp_db, Server, KVSERVER};
+use common::{temp_db, wrapped_command, Server};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -138,7 +138,8 @@ fn a_file_changed_behind_the_servers_back_is_never_overwritten() {
     assert!(call(&mut c, "set c 3").contains("writes refused until restart"));
     assert_eq!(call(&mut c, "get a"), "VALUE 1", "reads go on");
     assert_eq!(fs::read(&db).unwrap(), text, "the hand-written line is intact");
-    assert!(server.log().contains("changed by another process"), "{}", server.log());
+    // The log is read by another thread of the harness: wait for the line, do not race it.
+    assert!(server.wait_for_log("changed by another process", IO_TIMEOUT), "{}", server.log());
     drop(c);
     server.kill();
     let server = Server::start(&db, &[]);
@@ -226,19 +227,9 @@ fn strace_available() -> bool {
 /// `kvserver` run under `strace -f <strace_args>`, and the PID of kvserver itself (signals
 /// must go to it: strace would detach rather than pass them on).
 fn traced_server(db: &Path, strace_args: &[&str], args: &[&str]) -> (Server, i32) {
-    let mut command = Command::new("strace");
-    command
-        .args(["-f", "-qq", "-o", "/dev/null"])
-        .args(strace_args)
-        .arg(KVSERVER)
-        .arg("--db")
-        .arg(db)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let wrapper: Vec<&str> =
+        ["strace", "-f", "-qq", "-o", "/dev/null"].iter().chain(strace_args).copied().collect();
+    let command = wrapped_command(&wrapper, db, args);
     let server = Server::start_command(command, db).unwrap_or_else(|e| panic!("{}", e.log));
     let pid = child_of(server.pid()).expect("kvserver runs under strace");
     (server, pid)
@@ -310,23 +301,21 @@ fn what_was_loaded_is_fsynced_before_it_is_served() {
     fs::write(&db, "set a 1\n").unwrap();
     let trace = dir.path().join("trace");
     let trace_arg = trace.to_str().unwrap().to_string();
-    let mut command = Command::new("strace");
-    command
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,listen", "-o", &trace_arg, KVSERVER, "--db"])
-        .arg(&db)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let server = Server::start_command(command, &db).unwrap_or_else(|e| panic!("{}", e.log));
+    let wrapper = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,listen", "-o", &trace_arg];
+    let server = Server::start_command(wrapped_command(&wrapper, &db, &[]), &db)
+        .unwrap_or_else(|e| panic!("{}", e.log));
+    // Stop kvserver itself so that strace exits and flushes its trace.
+    let pid = child_of(server.pid()).expect("kvserver runs under strace");
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    assert!(server.signal_and_wait(0).status.success());
     let text = fs::read_to_string(&trace).unwrap();
     let listen = text.find("listen(").expect("listen traced");
     let synced = text[..listen]
         .find("database.txt>)")
         .unwrap_or_else(|| panic!("an fsync of the database before listen:\n{text}"));
     assert!(text[..synced].rsplit('\n').next().unwrap().contains("fsync("), "{text}");
-    drop(server);
 }
 
 // --- a real, small, full file system ---
@@ -402,7 +391,7 @@ fn a_full_disk_is_recovered_by_compacting_thanks_to_the_reserve() {
     let acked = fill_the_disk(&mut c, 40, 4000);
     assert!(acked > 500, "{acked} writes before the disk was full");
     assert_eq!(call(&mut c, "compact"), "OK", "{}", server.log());
-    assert!(server.log().contains("released the disk reserve"), "{}", server.log());
+    assert!(server.wait_for_log("released the disk reserve", IO_TIMEOUT), "{}", server.log());
     assert_eq!(call(&mut c, "set after-recovery yes"), "STORED");
     assert!(fs::metadata(&db).unwrap().len() < 400_000, "the file is down to the live set");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -437,9 +426,9 @@ fn failed_automatic_compactions_back_off_instead_of_eating_the_free_space() {
             }
         }
     }
+    assert!(server.wait_for_log("automatic compaction paused for 10 s", IO_TIMEOUT), "{}", server.log());
     let log = server.log();
     assert!(log.contains("automatic compaction postponed"), "{log}");
-    assert!(log.contains("automatic compaction paused for 10 s"), "{log}");
     let attempts = log.matches("starting automatic compaction").count();
     let postponed = log.matches("automatic compaction postponed").count();
     assert!(attempts + postponed <= 3, "{attempts} attempts, {postponed} postponed in a few seconds:\n{log}");

@@ -24,6 +24,10 @@ fn sim_config(fsync: FsyncPolicy) -> StoreConfig {
     StoreConfig { fsync, compact_min_bytes: u64::MAX, compact_reserve_bytes: 0, ..StoreConfig::new(SIM_DB) }
 }
 
+fn set_op(key: Vec<u8>, value: Vec<u8>) -> WriteOp {
+    WriteOp::Store { key, value, flags: 0, expires_at: 0, mode: StoreMode::Set }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -55,13 +59,7 @@ fn write_until_stopped(
         let (op, after) = if rng.below(5) == 0 {
             (WriteOp::Delete { key: key.clone(), cas: None }, None)
         } else {
-            let op = WriteOp::Store {
-                key: key.clone(),
-                value: value.clone(),
-                flags: 0,
-                expires_at: 0,
-                mode: StoreMode::Set,
-            };
+            let op = set_op(key.clone(), value.clone());
             (op, Some(value))
         };
         let entry = expect.entry(key).or_default();
@@ -170,13 +168,7 @@ fn the_simulation_loses_what_was_not_synced() {
         let disk = SimDisk::with_file(Path::new(SIM_DB), b"");
         let store = Store::open_simulated(sim_config(FsyncPolicy::Never), &disk);
         for n in 0..50 {
-            let op = WriteOp::Store {
-                key: format!("k{n}").into_bytes(),
-                value: b"v".to_vec(),
-                flags: 0,
-                expires_at: 0,
-                mode: StoreMode::Set,
-            };
+            let op = set_op(format!("k{n}").into_bytes(), b"v".to_vec());
             store.write(op).expect("acknowledged");
         }
         let images = disk.power_loss(&mut rng);
@@ -200,13 +192,7 @@ fn concurrent_writers_share_fsyncs() {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 for n in 0..per_thread {
-                    let op = WriteOp::Store {
-                        key: format!("t{t}-{n}").into_bytes(),
-                        value: b"v".to_vec(),
-                        flags: 0,
-                        expires_at: 0,
-                        mode: StoreMode::Set,
-                    };
+                    let op = set_op(format!("t{t}-{n}").into_bytes(), b"v".to_vec());
                     assert!(matches!(store.write(op), Ok(WriteOutcome::Stored { .. })));
                 }
             })

@@ -44,7 +44,20 @@ pub struct Exited {
 }
 
 fn base_command(db: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(KVSERVER);
+    wrapped_command(&[], db, args)
+}
+
+/// `kvserver --db <db> --listen 127.0.0.1:0 <args>` run under `wrapper` (e.g. `strace -f`),
+/// or directly when `wrapper` is empty.
+pub fn wrapped_command(wrapper: &[&str], db: &Path, args: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(KVSERVER);
+            command
+        }
+        None => Command::new(KVSERVER),
+    };
     command
         .arg("--db")
         .arg(db)
