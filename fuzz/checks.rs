@@ -236,6 +236,7 @@ impl MemcacheStores {
             stats: Arc::new(ServerStats::default()),
             limits: Limits { max_value_bytes: MAX_VALUE, max_line_bytes: MC_MAX_LINE },
             users: None,
+            cluster: None,
         };
         let mut session = MemcacheSession::new(Arc::new(ctx));
         let mut out = Vec::new();

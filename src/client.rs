@@ -40,7 +40,7 @@ pub fn reply_shape(line: &[u8]) -> ReplyShape {
     }
     let word = split_token(line).0.to_ascii_lowercase();
     match word.as_slice() {
-        b"keys" | b"scan" | b"mget" | b"stats" | b"help" => ReplyShape::UntilEnd,
+        b"keys" | b"scan" | b"mget" | b"stats" | b"help" | b"cluster" => ReplyShape::UntilEnd,
         b"quit" if split_token(line).1.is_none() => ReplyShape::Closes,
         _ => ReplyShape::Line,
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::cluster::ClusterConfig;
 use crate::protocol::Limits;
 use crate::server::ServerConfig;
 use crate::store::{FsyncPolicy, StoreConfig};
@@ -99,6 +100,23 @@ pub struct Config {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Run as member N of a Raft cluster: every write goes through the cluster's log and is
+    /// answered once a majority has it. Without it, the single-node server. See README
+    /// "Cluster".
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+
+    /// Every member's peer address for Raft traffic, `1=127.0.0.1:7101,2=127.0.0.1:7102,...`;
+    /// this node listens for peers on its own entry. Read on a member's first start only;
+    /// later starts use the members saved in `<db>.raft/`.
+    #[arg(long, value_name = "ID=ADDR,...", requires = "node_id")]
+    pub initial_cluster: Option<String>,
+
+    /// Seconds a write on a cluster node waits for a leader and its commit before it is
+    /// answered "no leader" (or as not committed in time).
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub cluster_timeout: u64,
 }
 
 impl Config {
@@ -115,6 +133,15 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.node_id.is_some() && self.memcached.is_some() {
+            return Err("--memcached on a cluster node (--node-id) is not built yet".into());
+        }
+        if self.node_id == Some(0) {
+            return Err("--node-id must be a positive number".into());
+        }
+        if self.cluster_timeout == 0 {
+            return Err("--cluster-timeout must be at least 1 second".into());
         }
         if self.max_line_bytes() < 300 {
             return Err("--max-line-bytes must be at least 300 (a command and a 250-byte key)".into());
@@ -136,6 +163,18 @@ impl Config {
             repair: self.repair,
             compact_reserve_bytes: self.compact_reserve_bytes,
         }
+    }
+
+    /// The cluster settings, with `--node-id` only.
+    pub fn cluster(&self) -> Option<ClusterConfig> {
+        Some(ClusterConfig {
+            node_id: self.node_id?,
+            initial_cluster: self.initial_cluster.clone(),
+            timeout: Duration::from_secs(self.cluster_timeout),
+            db: self.db.clone(),
+            fsync: self.fsync,
+            max_value_bytes: self.max_value_bytes,
+        })
     }
 
     pub fn limits(&self) -> Limits {

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod escape;
 pub mod protocol;

@@ -326,6 +326,7 @@ fn a_shutdown_asked_for_before_the_listeners_exist_still_stops_the_server() {
         stats: Arc::new(ServerStats::default()),
         limits: Limits { max_value_bytes: 1 << 20, max_line_bytes: 1 << 22 },
         users: None,
+        cluster: None,
     };
     let server = Server::new(Arc::new(ctx), ServerConfig { max_connections: 8, ..ServerConfig::default() });
     server.shutdown_handle().shutdown();

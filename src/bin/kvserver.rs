@@ -12,6 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
 use textkv::auth::{self, Role, Users};
+use textkv::cluster::Cluster;
 use textkv::config::Config;
 use textkv::protocol::Context;
 use textkv::server::{descriptors, Protocol, Server};
@@ -100,11 +101,17 @@ fn run(config: &Config) -> Result<(), String> {
     if let Some(addr) = &config.memcached {
         listeners.extend(bind("--memcached", addr, config)?.into_iter().map(|l| (l, Protocol::Memcached)));
     }
+    let store = Arc::new(store);
+    let cluster = match config.cluster() {
+        Some(cluster) => Some(Cluster::start(cluster, Arc::clone(&store))?),
+        None => None,
+    };
     let ctx = Arc::new(Context {
-        store: Arc::new(store),
+        store,
         stats: Arc::new(ServerStats::default()),
         limits: config.limits(),
         users,
+        cluster,
     });
     let mut server_config = config.server();
     server_config.max_connections =

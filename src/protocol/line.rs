@@ -22,6 +22,7 @@
 //! keys [<pattern>]               KEY <key>… END  (streamed; order below)
 //! scan <cursor> [match <pattern>] [count <n>]    CURSOR <next> KEY <key>… END
 //! stats                          STAT <name> <value>… END
+//! cluster                        NODE <id> <peer-addr> <role> term=<t> match=<i> last_contact_ms=<n>… END
 //! compact                        OK              (once the rewrite has finished)
 //! ping                           PONG
 //! help                           command list… END
@@ -93,6 +94,7 @@ pub const HELP: &[&str] = &[
     "scan <cursor> [match <pattern>] [count <n>]  CURSOR <next>, KEY <key> lines, END; 0 starts and ends",
     "patterns: * ? [abc] [a-z] [^a] and \\ escapes when any of *?[ is present, else a prefix",
     "stats                                     STAT <name> <value> lines, then END",
+    "cluster                                   NODE lines (a cluster node's view of its members), then END",
     "compact                                   OK once the log has been rewritten",
     "ping                                      PONG",
     "help                                      this list, then END",
@@ -123,6 +125,8 @@ pub enum Request<'a> {
         count: usize,
     },
     Stats,
+    /// The members of the cluster as this node sees them (`--node-id`).
+    Cluster,
     Compact,
     Ping,
     Help,
@@ -354,6 +358,7 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
             Some(_) => Err(FormatError::WrongArgs("keys [<pattern>]").into()),
         },
         b"stats" => no_args(rest, Request::Stats, "stats"),
+        b"cluster" => no_args(rest, Request::Cluster, "cluster"),
         b"compact" => no_args(rest, Request::Compact, "compact"),
         b"ping" => no_args(rest, Request::Ping, "ping"),
         b"help" => no_args(rest, Request::Help, "help"),
@@ -554,6 +559,7 @@ impl LineSession {
                 out.extend_from_slice(b"END\n");
             }
             Request::Stats => self.write_stats(out),
+            Request::Cluster => self.write_cluster(out),
             Request::Compact => match store.compact() {
                 Ok(()) => out.extend_from_slice(b"OK\n"),
                 Err(e) => error_reply(&e, out),
@@ -625,7 +631,7 @@ impl LineSession {
             return;
         }
         self.pending_bytes = 0;
-        for result in self.ctx.store.write_many(self.pending.drain(..)) {
+        for result in self.ctx.write_many(self.pending.drain(..).collect()) {
             let reply: &[u8] = match result {
                 Ok(WriteOutcome::Stored { .. }) => b"STORED\n",
                 Ok(WriteOutcome::Deleted) => b"DELETED\n",
@@ -691,7 +697,34 @@ impl LineSession {
             Ok(free) => stat("disk_free_bytes", &free),
             Err(e) => log::warn!("statvfs of the database's directory failed: {e}"),
         }
+        if let Some(cluster) = &self.ctx.cluster {
+            let c = cluster.status();
+            stat("cluster_node_id", &c.id);
+            stat("cluster_role", &c.role);
+            stat("cluster_leader", &c.leader);
+            stat("cluster_term", &c.term);
+            stat("cluster_commit_index", &c.commit);
+            stat("cluster_applied_index", &c.applied);
+        }
         out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"END\n");
+    }
+
+    /// `cluster`: one `NODE` line per member, as this node sees it.
+    fn write_cluster(&self, out: &mut Vec<u8>) {
+        let Some(cluster) = &self.ctx.cluster else {
+            out.extend_from_slice(b"ERROR not a cluster node (no --node-id)\n");
+            return;
+        };
+        let status = cluster.status();
+        for m in &status.members {
+            let contact = m.last_contact_ms.map_or(-1, |ms| ms as i64);
+            let line = format!(
+                "NODE {} {} {} term={} match={} last_contact_ms={contact}\n",
+                m.id, m.addr, m.role, status.term, m.matched
+            );
+            out.extend_from_slice(line.as_bytes());
+        }
         out.extend_from_slice(b"END\n");
     }
 }

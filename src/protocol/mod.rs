@@ -65,8 +65,9 @@ pub trait Session: Send {
 use std::sync::Arc;
 
 use crate::auth::Users;
+use crate::cluster::Cluster;
 use crate::stats::ServerStats;
-use crate::store::Store;
+use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
 
 /// Limits every session enforces; each is a `kvserver` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,20 @@ pub struct Context {
     /// `--users`: when set, every connection must log in, and each user's role limits what
     /// they may do (see [`crate::auth`]).
     pub users: Option<Arc<Users>>,
+    /// `--node-id`: this server is a member of a Raft cluster and every write goes through
+    /// its log ([`crate::cluster`]); `None` for the single-node server.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl Context {
+    /// Carries out writes: through the cluster's log on a cluster node, else the local
+    /// store's write group.
+    pub fn write_many(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, StoreError>> {
+        match &self.cluster {
+            Some(cluster) => cluster.write_many(ops),
+            None => self.store.write_many(ops),
+        }
+    }
 }
 
 #[cfg(test)]

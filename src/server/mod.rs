@@ -468,6 +468,7 @@ mod tests {
             stats: Arc::new(ServerStats::default()),
             limits: Limits { max_value_bytes: 1024, max_line_bytes: 8192 },
             users: None,
+            cluster: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut waiting = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

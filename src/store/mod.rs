@@ -255,6 +255,8 @@ pub enum StoreError {
     /// The store refuses every write until it is restarted (a failed fsync, or a log file
     /// changed by someone else); the text says why.
     Refused(String),
+    /// A replicated store cannot take the write now (`no leader`); the text is the reply.
+    Unavailable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -265,6 +267,7 @@ impl fmt::Display for StoreError {
             StoreError::InvalidKey(e) => e.fmt(f),
             StoreError::Closed => write!(f, "server is shutting down"),
             StoreError::Refused(why) => write!(f, "writes refused until restart: {why}"),
+            StoreError::Unavailable(why) => f.write_str(why),
         }
     }
 }
@@ -553,27 +556,21 @@ impl Store {
         &self,
         ops: impl IntoIterator<Item = WriteOp>,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
-        let mut ops: Vec<WriteOp> = ops.into_iter().collect();
-        let refused: Vec<(usize, KeyError)> = ops
-            .iter()
-            .enumerate()
-            .filter_map(|(at, op)| op.keys().find_map(|key| format::validate_key(key).err()).map(|e| (at, e)))
-            .collect();
-        if refused.is_empty() {
-            return self.writer.write_many(ops);
-        }
-        for &(at, _) in refused.iter().rev() {
-            ops.remove(at);
-        }
-        let mut accepted = self.writer.write_many(ops).into_iter();
-        let mut refused = refused.into_iter().peekable();
-        let total = accepted.len() + refused.len();
-        (0..total)
-            .map(|at| match refused.next_if(|&(bad, _)| bad == at) {
-                Some((_, e)) => Err(StoreError::InvalidKey(e)),
-                None => accepted.next().unwrap_or(Err(StoreError::Closed)),
-            })
-            .collect()
+        with_valid_keys(ops.into_iter().collect(), |ops| self.writer.write_many(ops))
+    }
+
+    /// Applies a batch a replicated log has committed (`cluster`), decided with the given
+    /// inputs — the entry's time and CAS uniques, not this machine's clocks — through the same
+    /// decide, log and index path as [`Store::write_many`], so every node that applies the same
+    /// log reaches the same state. All or nothing: on `Err` nothing of the batch was logged
+    /// or applied, and the caller retries it with the same inputs. The keys were checked by
+    /// the node that took the request.
+    pub fn apply_committed(
+        &self,
+        ops: &[WriteOp],
+        inputs: decide::Inputs,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.writer.apply_committed(ops, inputs)
     }
 
     /// Rewrites the log to hold only live items; returns when the new log is in place. Writes
@@ -612,6 +609,34 @@ impl Store {
     pub fn shutdown(&self) {
         self.writer.shutdown();
     }
+}
+
+/// Refuses the ops whose key the engine does not store ([`StoreError::InvalidKey`]) and
+/// hands the others to `commit`; the answers come back in the ops' order.
+pub fn with_valid_keys(
+    mut ops: Vec<WriteOp>,
+    commit: impl FnOnce(Vec<WriteOp>) -> Vec<Result<WriteOutcome, StoreError>>,
+) -> Vec<Result<WriteOutcome, StoreError>> {
+    let refused: Vec<(usize, KeyError)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(at, op)| op.keys().find_map(|key| format::validate_key(key).err()).map(|e| (at, e)))
+        .collect();
+    if refused.is_empty() {
+        return commit(ops);
+    }
+    for &(at, _) in refused.iter().rev() {
+        ops.remove(at);
+    }
+    let mut accepted = commit(ops).into_iter();
+    let mut refused = refused.into_iter().peekable();
+    let total = accepted.len() + refused.len();
+    (0..total)
+        .map(|at| match refused.next_if(|&(bad, _)| bad == at) {
+            Some((_, e)) => Err(StoreError::InvalidKey(e)),
+            None => accepted.next().unwrap_or(Err(StoreError::Closed)),
+        })
+        .collect()
 }
 
 impl Drop for Store {

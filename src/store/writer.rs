@@ -289,6 +289,23 @@ impl Writer {
         group
     }
 
+    /// Applies a batch committed by a replicated log with the log's inputs (see
+    /// [`super::Store::apply_committed`]). It takes the write lock directly: on a cluster
+    /// node every write comes this way, from the one raft thread, so there is no group.
+    pub(crate) fn apply_committed(
+        &self,
+        ops: &[WriteOp],
+        inputs: Inputs,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if self.queue.lock().closed {
+            return Err(StoreError::Closed);
+        }
+        let mut engine = self.engine.lock();
+        let outcomes = engine.commit_with(ops.iter(), inputs)?;
+        engine.maybe_auto_compact();
+        Ok(outcomes)
+    }
+
     /// Rewrites the log to hold only live items; returns once the new log is in place.
     pub(crate) fn compact(&self) -> Result<(), StoreError> {
         let (reply_tx, reply_rx): (CompactionWaiter, Receiver<_>) = crossbeam_channel::bounded(1);
@@ -337,32 +354,7 @@ impl Engine {
         let first_cas = now_micros().max(self.last_cas + 1);
         let inputs = Inputs { now, first_cas, max_value_bytes: self.max_value_bytes };
         let decision = decide(&self.shared.index, ops.clone(), inputs);
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        // While a compaction runs, its tail is replayed over a walk of the index that may
-        // already show later writes, so copies and renames are written in the forms that
-        // carry their item (see `format`).
-        let compacting = self.compaction.is_some();
-        for effect in &decision.effects {
-            match effect {
-                Effect::Set { key, value, flags, expires_at, .. } => {
-                    encode_set(key, value, *flags, *expires_at, &mut buf)
-                }
-                Effect::Del { key } => encode_del(key, &mut buf),
-                Effect::Flush => encode_flush(&mut buf),
-                Effect::Copy { src, dst, value, flags, expires_at, remove_source, .. } => {
-                    match (compacting, remove_source) {
-                        (false, false) => encode_copy(src, dst, &mut buf),
-                        (false, true) => encode_rename(src, dst, &mut buf),
-                        (true, false) => encode_set(dst, value, *flags, *expires_at, &mut buf),
-                        (true, true) => encode_rename_moving(src, dst, value, *flags, *expires_at, &mut buf),
-                    }
-                }
-                Effect::DelPrefix { prefix } => encode_delprefix(prefix, &mut buf),
-            }
-        }
-        let appended = if buf.is_empty() { Ok(()) } else { self.log.append(&buf) };
-        self.buf = buf;
+        let appended = self.append_effects(&decision.effects);
         if let Err(error) = appended {
             let count = decision.outcomes.len();
             if count > 1 && error == StoreError::OutOfSpace {
@@ -387,6 +379,70 @@ impl Engine {
         self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.publish_counters();
         decision.outcomes.into_iter().map(Ok).collect()
+    }
+
+    /// Encodes `effects` as records and appends them to the log in one write.
+    fn append_effects(&mut self, effects: &[Effect<'_>]) -> Result<(), StoreError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        // While a compaction runs, its tail is replayed over a walk of the index that may
+        // already show later writes, so copies and renames are written in the forms that
+        // carry their item (see `format`).
+        let compacting = self.compaction.is_some();
+        for effect in effects {
+            match effect {
+                Effect::Set { key, value, flags, expires_at, .. } => {
+                    encode_set(key, value, *flags, *expires_at, &mut buf)
+                }
+                Effect::Del { key } => encode_del(key, &mut buf),
+                Effect::Flush => encode_flush(&mut buf),
+                Effect::Copy { src, dst, value, flags, expires_at, remove_source, .. } => {
+                    match (compacting, remove_source) {
+                        (false, false) => encode_copy(src, dst, &mut buf),
+                        (false, true) => encode_rename(src, dst, &mut buf),
+                        (true, false) => encode_set(dst, value, *flags, *expires_at, &mut buf),
+                        (true, true) => encode_rename_moving(src, dst, value, *flags, *expires_at, &mut buf),
+                    }
+                }
+                Effect::DelPrefix { prefix } => encode_delprefix(prefix, &mut buf),
+            }
+        }
+        let appended = if buf.is_empty() { Ok(()) } else { self.log.append(&buf) };
+        self.buf = buf;
+        appended
+    }
+
+    /// The replicated path: decides with the inputs given (no clock read here), logs and
+    /// applies, all or nothing. Unlike [`Engine::commit`] a failed batch is not split and
+    /// retried op by op — its inputs are fixed by the log, so the caller retries it whole.
+    fn commit_with<'a>(
+        &mut self,
+        ops: impl Iterator<Item = &'a WriteOp> + Clone,
+        inputs: Inputs,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        let decision = decide(&self.shared.index, ops, inputs);
+        if let Err(error) = self.append_effects(&decision.effects) {
+            log::error!(
+                "write to {} failed, committed batch not applied: {error}",
+                self.log.path().display()
+            );
+            self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(error);
+        }
+        self.last_cas = decision.next_cas.saturating_sub(1).max(self.last_cas);
+        self.records += decision.effects.len() as u64;
+        for effect in &decision.effects {
+            self.apply(effect);
+        }
+        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.publish_counters();
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            self.sweep_expired();
+        }
+        Ok(decision.outcomes)
     }
 
     fn apply(&mut self, effect: &Effect<'_>) {

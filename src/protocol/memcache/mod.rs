@@ -895,6 +895,7 @@ mod tests {
             stats: Arc::new(ServerStats::default()),
             limits: Limits { max_value_bytes, max_line_bytes: 4096 },
             users: None,
+            cluster: None,
         };
         (dir, MemcacheSession::new(Arc::new(ctx)))
     }

@@ -1,0 +1,356 @@
+//! Replication over Raft: `kvserver --node-id N --initial-cluster 1=ADDR,2=ADDR,...`.
+//!
+//! Every member holds the whole database. Writes go through one Raft log, driven by
+//! raft-rs (TiKV's consensus module: synchronous, no async runtime, so it fits the server's
+//! thread-per-connection shape; it owns elections, log matching and commitment, and this
+//! module owns storage, transport and applying): a connection that writes hands its batch
+//! to the raft thread (`node`), which proposes it (Raft forwards a follower's proposal to the
+//! leader), and answers once the entry is committed — on a majority of members' disks — and
+//! applied to this node's store. Reads are served from the node's own store (linearizable
+//! reads are not built yet: a follower may answer a read a moment behind the leader).
+//!
+//! Applying is deterministic (see `store::decide`): the entry carries the leader's clock
+//! and the CAS uniques come from the entry's index, through [`Store::apply_committed`], so
+//! every member's `database.txt` describes the same items with the same CAS uniques.
+//!
+//! Where state lives: `<db>.raft/raft.log` (`storage`) holds the Raft log and hard state.
+//! `database.txt` stays the node's readable, replayable state, but as CAS uniques are not in
+//! it, a restarted node rebuilds its store from the Raft log: it is flushed at start and
+//! every committed entry is applied again (no snapshots yet, so the log is kept whole).
+//! The first start of a member writes `--initial-cluster` into its state; later starts use
+//! the saved members and ignore the flag.
+//!
+//! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`),
+//! snapshots and log truncation, restore of a wiped member, linearizable reads, peer
+//! authentication (so peer addresses must be loopback), and the memcached listener on a
+//! cluster node (refused at start, so no write can bypass the log).
+
+mod node;
+pub mod proposal;
+pub mod storage;
+mod transport;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use raft::{RawNode, StateRole};
+
+use crate::store::decide::Inputs;
+use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp};
+use node::{Event, Node, Reply};
+use storage::DiskStorage;
+use transport::Peer;
+
+/// Most ops in one entry (their CAS uniques must fit below the next entry's).
+const MAX_ENTRY_OPS: usize = (1 << node::CAS_SHIFT) - 1;
+
+/// What `kvserver` needs to start a member.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// `--initial-cluster` as given (needed on a member's first start only).
+    pub initial_cluster: Option<String>,
+    /// `--cluster-timeout`: how long a write waits for a leader and its commit.
+    pub timeout: Duration,
+    pub db: std::path::PathBuf,
+    pub fsync: FsyncPolicy,
+    pub max_value_bytes: usize,
+}
+
+/// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`: member ids (non-zero, distinct) and peer
+/// addresses, sorted by id.
+pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: '{part}' is not <id>=<host:port>"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&id| id != 0)
+            .ok_or_else(|| format!("--initial-cluster: member id '{id}' is not a positive number"))?;
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("--initial-cluster: member {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster lists no member".into());
+    }
+    Ok(members)
+}
+
+fn resolve_loopback(id: u64, addr: &str) -> Result<SocketAddr, String> {
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("member {id}: cannot resolve peer address {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("member {id}: peer address {addr} resolves to nothing"))?;
+    if !resolved.ip().is_loopback() {
+        return Err(format!(
+            "member {id}: peer address {addr} is not loopback; peer authentication (--cluster-secret) is \
+             not built yet, so a cluster runs on one machine only for now"
+        ));
+    }
+    Ok(resolved)
+}
+
+/// A member's role as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    Leader,
+    #[default]
+    Follower,
+    Candidate,
+}
+
+impl Role {
+    fn of(state: StateRole) -> Role {
+        match state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+        })
+    }
+}
+
+/// One member in the `cluster` listing, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    pub role: Role,
+    /// The last log index known to be on that member: the leader's view of its followers,
+    /// every node's own last index for itself, 0 for others on a follower.
+    pub matched: u64,
+    /// Since a message from that member last arrived (since start if none did yet).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// This node's Raft state, refreshed by the raft thread after every step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub role: Role,
+    /// 0 if none is known.
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// A running member: what the protocol sessions use to write and to report.
+pub struct Cluster {
+    inbox: crossbeam_channel::Sender<Event>,
+    status: Arc<Mutex<Status>>,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Opens the Raft state beside the database, prepares the store, binds the peer address
+    /// and starts the transport and the raft thread.
+    pub fn start(config: ClusterConfig, store: Arc<Store>) -> Result<Arc<Cluster>, String> {
+        let mut storage = DiskStorage::open(&config.db, config.fsync)
+            .map_err(|e| format!("cannot open the Raft state of {}: {e}", config.db.display()))?;
+        let given = config.initial_cluster.as_deref().map(parse_members).transpose()?;
+        let members = match (storage.members(), given) {
+            (Some(saved), given) => {
+                let saved = parse_members(saved)?;
+                if given.is_some_and(|given| given != saved) {
+                    log::warn!("--initial-cluster ignored: this node was formed with {saved:?}");
+                }
+                saved
+            }
+            (None, Some(given)) => given,
+            (None, None) => return Err("--node-id needs --initial-cluster on a member's first start".into()),
+        };
+        if !members.contains_key(&config.node_id) {
+            return Err(format!("--node-id {} is not a member of {members:?}", config.node_id));
+        }
+        let addrs: Vec<(u64, SocketAddr)> = members
+            .iter()
+            .map(|(&id, addr)| resolve_loopback(id, addr).map(|a| (id, a)))
+            .collect::<Result<_, _>>()?;
+        if storage.initialized() {
+            // CAS uniques are not in database.txt: rebuild the state from the log.
+            if store.stats().keys > 0 {
+                let inputs =
+                    Inputs { now: unix_now(), first_cas: 1, max_value_bytes: config.max_value_bytes };
+                store
+                    .apply_committed(&[WriteOp::Flush], inputs)
+                    .map_err(|e| format!("cannot reset the store to rebuild it from the Raft log: {e}"))?;
+            }
+            log::info!(
+                "node {}: Raft state loaded: {} entries, rebuilding the database from them",
+                config.node_id,
+                storage.last_index()
+            );
+        } else {
+            if store.stats().keys > 0 {
+                return Err(format!(
+                    "{} holds data but this node has no Raft state: a new member starts from an empty \
+                     database (importing one is not built yet)",
+                    config.db.display()
+                ));
+            }
+            let text = members.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
+            storage
+                .initialize(&text, members.keys().copied().collect())
+                .map_err(|e| format!("cannot write the Raft state: {e}"))?;
+            log::info!("node {}: forming a new cluster of {}", config.node_id, text);
+        }
+
+        let own = addrs.iter().find(|(id, _)| *id == config.node_id).map(|(_, a)| *a).expect("checked");
+        let listener =
+            TcpListener::bind(own).map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
+        log::info!("node {}: peer listener on {own}", config.node_id);
+
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: node::ELECTION_TICKS,
+            heartbeat_tick: node::HEARTBEAT_TICKS,
+            applied: 0,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
+
+        let (inbox, events) = crossbeam_channel::unbounded();
+        let max_frame = (64 << 20) + 2 * config.max_value_bytes;
+        transport::serve(listener, inbox.clone(), max_frame).map_err(|e| e.to_string())?;
+        let mut peers = HashMap::new();
+        for &(id, addr) in addrs.iter().filter(|(id, _)| *id != config.node_id) {
+            peers.insert(id, Peer::start(id, addr).map_err(|e| e.to_string())?);
+        }
+        let status = Arc::new(Mutex::new(Status { id: config.node_id, ..Status::default() }));
+        let node = Node::new(
+            raw,
+            config.node_id,
+            store,
+            peers,
+            members.into_iter().collect(),
+            events,
+            Arc::clone(&status),
+            config.fsync,
+            config.max_value_bytes,
+        );
+        std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                if let Err(e) = node.run() {
+                    log::error!("cannot write the Raft state ({e}): stopping this node");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Cluster { inbox, status, timeout: config.timeout }))
+    }
+
+    /// Writes `ops` through the Raft log; returns their outcomes once they are committed and
+    /// applied on this node, or `no leader` / not committed after `--cluster-timeout`.
+    pub fn write_many(&self, ops: Vec<WriteOp>) -> Vec<Reply> {
+        crate::store::with_valid_keys(ops, |ops| self.propose_all(ops))
+    }
+
+    fn propose_all(&self, ops: Vec<WriteOp>) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<WriteOp> = ops.by_ref().take(MAX_ENTRY_OPS).collect();
+            let count = chunk.len();
+            let mut answer = self.propose(chunk);
+            // An error for the whole batch (no leader, timeout) answers each of its ops.
+            if answer.len() != count {
+                let error = answer.pop().unwrap_or(Err(StoreError::Closed));
+                answer = vec![error; count];
+            }
+            replies.extend(answer);
+        }
+        replies
+    }
+
+    fn propose(&self, ops: Vec<WriteOp>) -> Vec<Reply> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + self.timeout;
+        if self.inbox.send(Event::Propose { ops, reply, deadline }).is_err() {
+            return vec![Err(StoreError::Closed)];
+        }
+        // The raft thread answers by the deadline; the margin only guards against it hanging.
+        answer
+            .recv_timeout(self.timeout + Duration::from_secs(2))
+            .unwrap_or_else(|_| vec![Err(StoreError::Unavailable("the raft thread did not answer".into()))])
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreConfig, StoreMode, WriteOutcome};
+
+    #[test]
+    fn a_committed_batch_is_applied_with_the_logs_time_and_cas_uniques() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("database.txt");
+        let store = Store::open(StoreConfig::new(&db)).unwrap();
+        let store_op = |key: &str, expires_at, mode| WriteOp::Store {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            expires_at,
+            mode,
+        };
+        let set = |key: &str, expires_at| store_op(key, expires_at, StoreMode::Set);
+        // Decided at the entry's time: an expiry after it is stored, one at it is a delete.
+        let inputs = Inputs { now: 1_000, first_cas: 7 << node::CAS_SHIFT, max_value_bytes: 10 };
+        let outcomes = store.apply_committed(&[set("a", 0), set("b", 1_000)], inputs).unwrap();
+        let first = 7 << node::CAS_SHIFT;
+        assert_eq!(outcomes, [WriteOutcome::Stored { cas: first }, WriteOutcome::Stored { cas: first + 1 }]);
+        assert_eq!(store.get(b"a").map(|item| item.cas), Some(first));
+        assert_eq!(store.get(b"b"), None);
+        let add = store_op("a", 0, StoreMode::Add);
+        assert_eq!(store.apply_committed(&[add], inputs).unwrap(), [WriteOutcome::NotStored]);
+        assert!(std::fs::read_to_string(&db).unwrap().contains("set a v"));
+        store.shutdown();
+        assert_eq!(store.apply_committed(&[set("c", 0)], inputs), Err(StoreError::Closed));
+    }
+
+    #[test]
+    fn members_parse_and_bad_lists_are_refused() {
+        let members = parse_members("2=127.0.0.1:7102, 1=127.0.0.1:7101").unwrap();
+        assert_eq!(
+            members.into_iter().collect::<Vec<_>>(),
+            [(1, "127.0.0.1:7101".to_string()), (2, "127.0.0.1:7102".to_string())]
+        );
+        assert!(parse_members("").unwrap_err().contains("no member"));
+        assert!(parse_members("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_members("0=a:1").unwrap_err().contains("positive"));
+        assert!(parse_members("127.0.0.1:7101").unwrap_err().contains("<id>=<host:port>"));
+        assert!(resolve_loopback(1, "127.0.0.1:7101").is_ok());
+        assert!(resolve_loopback(1, "192.0.2.1:7101").unwrap_err().contains("not loopback"));
+    }
+}

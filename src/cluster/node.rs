@@ -1,0 +1,407 @@
+//! The raft thread: the one thread that drives this node's Raft state machine.
+//!
+//! It waits on its inbox (peer messages from `transport`, proposals from client
+//! connections) at most one tick (`TICK`) at a time, then handles Raft's `Ready` the way
+//! raft-rs prescribes: messages a leader may send at once go out; new entries and the hard
+//! state are appended to `storage` and synced; only then the messages that depend on them
+//! (votes, append responses) are sent; committed entries are applied to the store in log
+//! order.
+//!
+//! Proposals: a write becomes one entry ([`Proposal`]). With no known leader it waits (up
+//! to `--cluster-timeout`); a follower's proposal is forwarded by Raft to the leader, which
+//! stamps its own clock into the entry before appending it. Every node applies every entry
+//! with the entry's stamp as `now` and CAS uniques from the entry's index
+//! (`index << CAS_SHIFT`, one more per stored item), so every node reaches the same state;
+//! the node that took the request answers its client once the entry is applied here. A write
+//! not applied by its deadline is answered `no leader` if there is none, else as not
+//! committed in time (it may still be applied: the outcome is then unknown, as after any
+//! timeout).
+//!
+//! An entry the store cannot apply (a full disk) stops applying: it is retried each tick
+//! and nothing after it is applied meanwhile, so the node never skips an entry. Raft state
+//! that cannot be written stops the process: a node that cannot keep its votes must not
+//! vote.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+
+use super::proposal::{restamp, Proposal};
+use super::storage::DiskStorage;
+use super::transport::Peer;
+use super::{MemberStatus, Role, Status};
+use crate::store::decide::Inputs;
+use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp, WriteOutcome};
+
+pub(crate) type Reply = Result<WriteOutcome, StoreError>;
+
+/// One Raft tick. Elections time out after `ELECTION_TICKS` to twice that.
+pub const TICK: Duration = Duration::from_millis(100);
+pub const ELECTION_TICKS: usize = 10;
+pub const HEARTBEAT_TICKS: usize = 2;
+
+/// CAS uniques of the items an entry stores are `index << CAS_SHIFT` and up: an entry holds
+/// fewer than `1 << CAS_SHIFT` ops (`Cluster::write_many` splits larger batches).
+pub const CAS_SHIFT: u32 = 16;
+
+/// What the raft thread is asked to do.
+pub enum Event {
+    Peer(Box<Message>),
+    Propose { ops: Vec<WriteOp>, reply: Sender<Vec<Reply>>, deadline: Instant },
+}
+
+struct Pending {
+    reply: Sender<Vec<Reply>>,
+    deadline: Instant,
+}
+
+pub struct Node {
+    pub raw: RawNode<DiskStorage>,
+    pub id: u64,
+    pub boot: u64,
+    pub store: Arc<Store>,
+    pub peers: HashMap<u64, Peer>,
+    pub addrs: Vec<(u64, String)>,
+    pub inbox: Receiver<Event>,
+    pub status: Arc<Mutex<Status>>,
+    pub fsync: FsyncPolicy,
+    pub max_value_bytes: usize,
+    next_request: u64,
+    pending: HashMap<u64, Pending>,
+    /// Encoded proposals waiting for a leader, oldest first.
+    waiting: VecDeque<(u64, Vec<u8>)>,
+    /// Committed entries not yet applied (normally empty between iterations).
+    to_apply: VecDeque<Entry>,
+    applied: u64,
+    apply_failing: bool,
+    last_contact: HashMap<u64, Instant>,
+    /// Members this leader has logged as not answering.
+    silent: Vec<u64>,
+    seen_leader: (u64, u64),
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        raw: RawNode<DiskStorage>,
+        id: u64,
+        store: Arc<Store>,
+        peers: HashMap<u64, Peer>,
+        addrs: Vec<(u64, String)>,
+        inbox: Receiver<Event>,
+        status: Arc<Mutex<Status>>,
+        fsync: FsyncPolicy,
+        max_value_bytes: usize,
+    ) -> Node {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let started = Instant::now();
+        let last_contact = peers.keys().map(|&peer| (peer, started)).collect();
+        Node {
+            raw,
+            id,
+            boot,
+            store,
+            peers,
+            addrs,
+            inbox,
+            status,
+            fsync,
+            max_value_bytes,
+            next_request: 1,
+            pending: HashMap::new(),
+            waiting: VecDeque::new(),
+            to_apply: VecDeque::new(),
+            applied: 0,
+            apply_failing: false,
+            last_contact,
+            silent: Vec::new(),
+            seen_leader: (0, 0),
+        }
+    }
+
+    /// Runs until the process ends; returns only if the Raft state cannot be written.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut next_tick = Instant::now() + TICK;
+        let mut next_sync = Instant::now() + Duration::from_secs(1);
+        loop {
+            let now = Instant::now();
+            match self.inbox.recv_timeout(next_tick.saturating_duration_since(now)) {
+                Ok(event) => {
+                    self.handle(event);
+                    // Take whatever else is queued before the next Ready: one sync for all.
+                    while let Ok(event) = self.inbox.try_recv() {
+                        self.handle(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + TICK;
+                self.watch_members(now);
+                self.expire(now);
+                if self.apply_failing {
+                    self.apply_queue();
+                }
+            }
+            if self.fsync == FsyncPolicy::Everysec && now >= next_sync {
+                self.raw.mut_store().sync_if_dirty()?;
+                next_sync = now + Duration::from_secs(1);
+            }
+            self.propose_waiting();
+            self.on_ready()?;
+            self.note_leader();
+            self.publish_status();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Peer(mut message) => {
+                let from = message.from;
+                self.last_contact.insert(from, Instant::now());
+                if let Some(at) = self.silent.iter().position(|&id| id == from) {
+                    self.silent.swap_remove(at);
+                    log::info!("member {from} answers again");
+                }
+                if message.get_msg_type() == MessageType::MsgPropose
+                    && self.raw.raft.state == StateRole::Leader
+                {
+                    // A follower's forwarded proposal: the leader's clock goes into the log.
+                    let stamp = unix_now();
+                    for entry in message.entries.iter_mut() {
+                        let mut data = entry.data.to_vec();
+                        restamp(&mut data, stamp);
+                        entry.data = data.into();
+                    }
+                }
+                if let Err(e) = self.raw.step(*message) {
+                    log::debug!("raft message from {from} not taken: {e}");
+                }
+            }
+            Event::Propose { ops, reply, deadline } => {
+                let request = self.next_request;
+                self.next_request += 1;
+                let data =
+                    Proposal { stamp: unix_now(), origin: self.id, boot: self.boot, request, ops }.encode();
+                self.pending.insert(request, Pending { reply, deadline });
+                self.waiting.push_back((request, data));
+            }
+        }
+    }
+
+    fn propose_waiting(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let leading = self.raw.raft.state == StateRole::Leader;
+        while let Some((request, mut data)) = self.waiting.pop_front() {
+            if !self.pending.contains_key(&request) {
+                continue; // expired meanwhile
+            }
+            if leading {
+                restamp(&mut data, unix_now());
+            }
+            if let Err(e) = self.raw.propose(Vec::new(), data.clone()) {
+                log::debug!("proposal {request} not taken yet: {e}");
+                self.waiting.push_front((request, data));
+                return;
+            }
+        }
+    }
+
+    /// Answers the writes whose deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        let leaderless = self.raw.raft.leader_id == raft::INVALID_ID;
+        self.pending.retain(|_, pending| {
+            if pending.deadline > now {
+                return true;
+            }
+            let why = if leaderless {
+                "no leader".to_string()
+            } else {
+                "not committed within --cluster-timeout (it may still be applied)".to_string()
+            };
+            let _ = pending.reply.send(vec![Err(StoreError::Unavailable(why))]);
+            false
+        });
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            match self.peers.get(&message.to) {
+                Some(peer) => peer.send(message),
+                None => log::debug!("raft message for unknown member {}", message.to),
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> std::io::Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.send(ready.take_messages());
+        }
+        self.to_apply.extend(ready.take_committed_entries());
+        let storage = self.raw.mut_store();
+        storage.append(ready.entries())?;
+        if let Some(hard) = ready.hs() {
+            storage.set_hard_state(hard)?;
+        }
+        storage.persist()?;
+        self.send(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.send(light.take_messages());
+        self.to_apply.extend(light.take_committed_entries());
+        self.apply_queue();
+        Ok(())
+    }
+
+    /// Applies committed entries in order until one fails.
+    fn apply_queue(&mut self) {
+        while let Some(entry) = self.to_apply.pop_front() {
+            match self.apply(&entry) {
+                Ok(()) => {
+                    if self.apply_failing {
+                        log::info!("applying committed entries again from {}", entry.index);
+                        self.apply_failing = false;
+                    }
+                    self.applied = entry.index;
+                }
+                Err(e) => {
+                    if !self.apply_failing {
+                        log::error!(
+                            "cannot apply committed entry {} ({e}); retrying every tick",
+                            entry.index
+                        );
+                        self.apply_failing = true;
+                    }
+                    self.to_apply.push_front(entry);
+                    break;
+                }
+            }
+        }
+        if self.applied > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(self.applied);
+        }
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<(), StoreError> {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            log::warn!(
+                "configuration change entry {} ignored: membership changes are not built",
+                entry.index
+            );
+            return Ok(());
+        }
+        if entry.data.is_empty() {
+            return Ok(()); // a new leader's empty entry
+        }
+        let proposal = match Proposal::decode(&entry.data) {
+            Ok(proposal) => proposal,
+            Err(e) => {
+                // Every member runs the same decoder, so every member skips it alike.
+                log::error!("entry {} skipped: {e}", entry.index);
+                return Ok(());
+            }
+        };
+        let inputs = Inputs {
+            now: proposal.stamp,
+            first_cas: entry.index << CAS_SHIFT,
+            max_value_bytes: self.max_value_bytes,
+        };
+        let outcomes = self.store.apply_committed(&proposal.ops, inputs)?;
+        if proposal.origin == self.id && proposal.boot == self.boot {
+            if let Some(pending) = self.pending.remove(&proposal.request) {
+                let _ = pending.reply.send(outcomes.into_iter().map(Ok).collect());
+            }
+        }
+        Ok(())
+    }
+
+    /// As leader, logs a member that stops answering within the election timeout (and
+    /// `handle` logs it when it answers again).
+    fn watch_members(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let timeout = TICK * ELECTION_TICKS as u32;
+        for (&id, &last) in &self.last_contact {
+            if now.duration_since(last) > timeout && !self.silent.contains(&id) {
+                log::warn!("member {id} has not answered for {} ms", now.duration_since(last).as_millis());
+                self.silent.push(id);
+            }
+        }
+    }
+
+    fn note_leader(&mut self) {
+        let seen = (self.raw.raft.leader_id, self.raw.raft.term);
+        if seen != self.seen_leader {
+            if seen.0 != self.seen_leader.0 {
+                match seen.0 {
+                    raft::INVALID_ID => log::info!("no leader (term {})", seen.1),
+                    leader if leader == self.id => {
+                        log::info!("this node ({leader}) is the leader, term {}", seen.1)
+                    }
+                    leader => log::info!("leader is node {leader}, term {}", seen.1),
+                }
+            }
+            self.seen_leader = seen;
+        }
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let role = Role::of(raft.state);
+        let now = Instant::now();
+        let members = self
+            .addrs
+            .iter()
+            .map(|(id, addr)| {
+                let member_role = if *id == self.id {
+                    role
+                } else if *id == raft.leader_id {
+                    Role::Leader
+                } else {
+                    Role::Follower
+                };
+                let matched = if *id == self.id {
+                    raft.raft_log.last_index()
+                } else if role == Role::Leader {
+                    raft.prs().get(*id).map_or(0, |p| p.matched)
+                } else {
+                    0
+                };
+                let last_contact_ms = if *id == self.id {
+                    Some(0)
+                } else {
+                    self.last_contact.get(id).map(|at| now.duration_since(*at).as_millis() as u64)
+                };
+                MemberStatus { id: *id, addr: addr.clone(), role: member_role, matched, last_contact_ms }
+            })
+            .collect();
+        *self.status.lock() = Status {
+            id: self.id,
+            role,
+            leader: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            members,
+        };
+    }
+}

@@ -1,0 +1,232 @@
+//! A Raft cluster of real `kvserver` processes on loopback (issue 12): election, writes
+//! through every member, failover after `kill -9` of the leader, catch-up of the restarted
+//! node. Every wait is a bounded poll; every process is killed by the test that started it
+//! (`common::Server` kills its child on drop).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{raw_connect, Server};
+
+/// Members in every test.
+const MEMBERS: usize = 3;
+
+/// A line-protocol connection with a read timeout (from `raw_connect`): a test cannot hang.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let stream = raw_connect(addr);
+        Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("a reply line");
+        assert!(line.ends_with('\n'), "connection closed mid-reply: {line:?}");
+        line.trim_end().to_string()
+    }
+
+    /// One request, one reply line.
+    fn ask(&mut self, request: &str) -> String {
+        self.writer.write_all(format!("{request}\n").as_bytes()).unwrap();
+        self.line()
+    }
+
+    /// One request whose reply ends with `END`.
+    fn ask_listing(&mut self, request: &str) -> Vec<String> {
+        self.writer.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "END" || line.starts_with("ERROR") {
+                lines.push(line);
+                return lines;
+            }
+            lines.push(line);
+        }
+    }
+
+    fn stat(&mut self, name: &str) -> Option<String> {
+        let prefix = format!("STAT {name} ");
+        self.ask_listing("stats").iter().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+}
+
+/// Three members in one temporary directory, each with its own database.
+struct Cluster {
+    dir: tempfile::TempDir,
+    spec: String,
+    nodes: Vec<Option<Server>>,
+}
+
+/// Ports free right now on loopback, all bound at once so they differ.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = free_ports(MEMBERS)
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster { dir, spec, nodes: Vec::new() };
+        for id in 1..=MEMBERS as u64 {
+            let node = cluster.start_node(id);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn db(&self, id: u64) -> PathBuf {
+        let dir = self.dir.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("database.txt")
+    }
+
+    fn start_node(&self, id: u64) -> Server {
+        let id_text = id.to_string();
+        let args = ["--node-id", &id_text, "--initial-cluster", &self.spec, "--cluster-timeout", "5"];
+        Server::start(&self.db(id), &args)
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u64, &Server)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i as u64 + 1, n)))
+    }
+
+    /// Polls until every live member names the same leader and that leader says it leads.
+    fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let views: Vec<(u64, Option<String>, Option<String>)> = self
+                .live()
+                .map(|(id, node)| {
+                    let mut conn = Conn::open(node.addr);
+                    (id, conn.stat("cluster_leader"), conn.stat("cluster_role"))
+                })
+                .collect();
+            let leader = views[0].1.as_deref().and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+            let agreed =
+                leader != 0 && views.iter().all(|(_, l, _)| l.as_deref() == Some(&leader.to_string()));
+            let leads = views.iter().any(|(id, _, role)| *id == leader && role.as_deref() == Some("leader"));
+            if agreed && leads {
+                return Some(leader);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Polls until `key` reads `value` on every live member.
+    fn wait_everywhere(&self, key: &str, value: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (id, node) in self.live() {
+            let mut conn = Conn::open(node.addr);
+            loop {
+                let got = conn.ask(&format!("get {key}"));
+                if got == format!("VALUE {value}") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id}: get {key} answered {got:?}, not {value}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_list_every_member() {
+    let cluster = Cluster::start();
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader within 15 s");
+    for (id, node) in cluster.live() {
+        let mut conn = Conn::open(node.addr);
+        let listing = conn.ask_listing("cluster");
+        assert_eq!(listing.len(), MEMBERS + 1, "node {id}: {listing:?}");
+        assert_eq!(listing.last().map(String::as_str), Some("END"));
+        for (member, line) in (1..=MEMBERS as u64).zip(&listing) {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields[0], "NODE", "{line}");
+            assert_eq!(fields[1], member.to_string(), "{line}");
+            assert!(cluster.spec.contains(&format!("{member}={}", fields[2])), "{line}");
+            let role = if member == leader { "leader" } else { "follower" };
+            assert_eq!(fields[3], role, "node {id}'s view: {line}");
+            assert!(fields[4].starts_with("term=") && fields[4] != "term=0", "{line}");
+            assert!(fields[5].starts_with("match="), "{line}");
+            assert!(fields[6].starts_with("last_contact_ms="), "{line}");
+        }
+        assert_eq!(conn.stat("cluster_node_id"), Some(id.to_string()));
+        assert_eq!(conn.stat("cluster_leader"), Some(leader.to_string()));
+        for name in ["cluster_term", "cluster_commit_index", "cluster_applied_index"] {
+            let value = conn.stat(name).unwrap_or_else(|| panic!("node {id}: no {name}"));
+            assert!(value.parse::<u64>().is_ok(), "{name} {value}");
+        }
+    }
+    // The leader's state records its log; the database sits beside it, untouched by Raft.
+    assert!(cluster.db(leader).with_file_name("database.txt.raft").join("raft.log").is_file());
+}
+
+#[test]
+fn a_single_node_server_has_no_cluster_status() {
+    let (_dir, db) = common::temp_db();
+    let server = Server::start(&db, &[]);
+    let mut conn = Conn::open(server.addr);
+    assert_eq!(conn.ask_listing("cluster"), ["ERROR not a cluster node (no --node-id)"]);
+    assert_eq!(conn.stat("cluster_role"), None);
+    assert!(!db.with_file_name("database.txt.raft").exists());
+}
+
+#[test]
+fn memcached_on_a_cluster_node_is_refused_until_it_goes_through_the_log() {
+    let (_dir, db) = common::temp_db();
+    let args = ["--node-id", "1", "--initial-cluster", "1=127.0.0.1:1", "--memcached", "127.0.0.1:0"];
+    let exited = Server::try_start(&db, &args).err().expect("refused");
+    assert!(exited.log.contains("--memcached on a cluster node"), "{}", exited.log);
+}
+
+#[test]
+fn writes_through_every_node_are_readable_on_every_node_and_the_databases_agree() {
+    let cluster = Cluster::start();
+    cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    for (id, node) in cluster.live() {
+        let mut conn = Conn::open(node.addr);
+        // A pipelined batch: one Raft entry, answered in order.
+        let batch = format!("set k{id} from node {id}\nset gone{id} x\ndel gone{id}\ndel never{id}\n");
+        conn.writer.write_all(batch.as_bytes()).unwrap();
+        let replies: Vec<String> = (0..4).map(|_| conn.line()).collect();
+        assert_eq!(replies, ["STORED", "STORED", "DELETED", "NOT_FOUND"], "through node {id}");
+        // Acknowledged means applied here: the node that answered reads it at once.
+        assert_eq!(conn.ask(&format!("get k{id}")), format!("VALUE from node {id}"));
+    }
+    for id in 1..=MEMBERS as u64 {
+        cluster.wait_everywhere(&format!("k{id}"), &format!("from node {id}"), Duration::from_secs(10));
+    }
+    // Every member applied the same entries with the same inputs: wait until all report the
+    // same applied index, then their databases are the same file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied: Vec<Option<String>> =
+            cluster.live().map(|(_, n)| Conn::open(n.addr).stat("cluster_applied_index")).collect();
+        if applied.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "applied indexes never met: {applied:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = std::fs::read(cluster.db(1)).unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("set k3 from node 3"));
+    for id in 2..=MEMBERS as u64 {
+        assert_eq!(std::fs::read(cluster.db(id)).unwrap(), first, "database of node {id}");
+    }
+}
