@@ -129,6 +129,22 @@ impl Cluster {
         None
     }
 
+    /// The applied index of the first live member.
+    fn applied(&self) -> u64 {
+        let (_, node) = self.live().next().expect("a live member");
+        let applied = Conn::open(node.addr).stat("cluster_applied_index").expect("cluster_applied_index");
+        applied.parse().expect("a number")
+    }
+
+    /// Polls until the first live member has applied entry `index`.
+    fn wait_for_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.applied() < index {
+            assert!(Instant::now() < deadline, "entry {index} not applied in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls until `key` reads `value` on every live member.
     fn wait_everywhere(&self, key: &str, value: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -229,4 +245,108 @@ fn writes_through_every_node_are_readable_on_every_node_and_the_databases_agree(
     for id in 2..=MEMBERS as u64 {
         assert_eq!(std::fs::read(cluster.db(id)).unwrap(), first, "database of node {id}");
     }
+}
+
+/// A writer that records what the cluster acknowledged: `set` after `set` of its own keys,
+/// through whichever live node takes its connection (it moves on when one fails).
+fn run_writer(
+    writer: usize,
+    addrs: Vec<SocketAddr>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(String, String)> {
+    use std::sync::atomic::Ordering;
+    let mut acknowledged = Vec::new();
+    let mut target = writer % addrs.len();
+    let mut conn: Option<Conn> = None;
+    for n in 0..5_000 {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if conn.is_none() {
+            match TcpStream::connect_timeout(&addrs[target], Duration::from_secs(1)) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    conn = Some(Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) });
+                }
+                Err(_) => {
+                    target = (target + 1) % addrs.len();
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            }
+        }
+        let (key, value) = (format!("w{writer}-{n}"), format!("value-{writer}-{n}"));
+        let c = conn.as_mut().expect("connected");
+        let mut reply = String::new();
+        let sent = c.writer.write_all(format!("set {key} {value}\n").as_bytes());
+        let read = sent.and_then(|()| c.reader.read_line(&mut reply));
+        match read {
+            Ok(_) if reply.trim_end() == "STORED" => acknowledged.push((key, value)),
+            Ok(n) if n > 0 && reply.starts_with("ERROR") => {
+                // No leader yet, or not committed in time: not acknowledged; try again later.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => {
+                // The node is gone: move on to the next one.
+                conn = None;
+                target = (target + 1) % addrs.len();
+            }
+        }
+    }
+    acknowledged
+}
+
+#[test]
+fn after_kill_9_of_the_leader_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut cluster = Cluster::start();
+    let old = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let addrs: Vec<SocketAddr> = cluster.live().map(|(_, n)| n.addr).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (addrs, stop) = (addrs.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || run_writer(w, addrs, &stop))
+        })
+        .collect();
+    // Let the writers get going on every node, then kill the leader under them.
+    cluster.wait_for_applied(50, Duration::from_secs(15));
+    let killed_at = Instant::now();
+    cluster.nodes[old as usize - 1].take().expect("leader runs").kill();
+    let new = cluster.wait_for_leader(Duration::from_secs(10)).expect("a new leader");
+    let election = killed_at.elapsed();
+    eprintln!("new leader {new} {} ms after kill -9 of leader {old}", election.as_millis());
+    assert_ne!(new, old);
+    assert!(election < Duration::from_secs(3), "new leader only after {election:?}");
+
+    // Writes resume through the live nodes.
+    let resumed = cluster.applied();
+    cluster.wait_for_applied(resumed + 20, Duration::from_secs(10));
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged: Vec<(String, String)> =
+        writers.into_iter().flat_map(|w| w.join().expect("writer thread")).collect();
+    assert!(acknowledged.len() > 50, "only {} writes acknowledged", acknowledged.len());
+
+    // The old leader comes back under its own identity and catches up.
+    let restarted = cluster.start_node(old);
+    cluster.nodes[old as usize - 1] = Some(restarted);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (id, node) in cluster.live() {
+        let mut conn = Conn::open(node.addr);
+        for (key, value) in &acknowledged {
+            loop {
+                let got = conn.ask(&format!("get {key}"));
+                if got == format!("VALUE {value}") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id}: acknowledged {key} reads {got:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    // And it serves writes again, as a follower of the new leader.
+    let mut conn = Conn::open(cluster.nodes[old as usize - 1].as_ref().unwrap().addr);
+    assert_eq!(conn.ask("set after-restart yes"), "STORED");
+    cluster.wait_everywhere("after-restart", "yes", Duration::from_secs(10));
 }
