@@ -516,3 +516,61 @@ fn scan_returns_each_of_a_million_keys_exactly_once_with_bounded_memory() {
     assert!(peak < before + 32 * 1024, "peak RSS {peak} KiB (was {before} KiB)");
     assert_no_panic(&server.log());
 }
+
+/// While a compaction runs, a `rename` is logged in the form that carries its item
+/// (`rename <src> <dst> <flags> <expires-at> <value>`) and a `copy` as a `set` of dst:
+/// compaction replays those records over a walk of the index that may show later writes,
+/// and only self-contained records give the right state then. After the compaction and a
+/// restart every key holds what it should.
+#[test]
+fn renames_during_a_compaction_are_logged_with_their_item_and_survive_it() {
+    let (_dir, db) = temp_db();
+    common::write_numbered_keys(&db, 300_000, 40);
+    let server = Server::start(&db, &[]);
+    let compacting = |conn: &mut Conn| {
+        let stats = conn.call_until_end(b"stats").unwrap();
+        stats.iter().any(|line| line == b"STAT compacting 1")
+    };
+    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
+    assert_eq!(conn.call(b"setmeta ring:0 5 4000000000 token").unwrap(), b"STORED");
+    let addr = server.addr;
+    let compactor =
+        std::thread::spawn(move || Conn::connect(addr, IO_TIMEOUT).unwrap().call(b"compact").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !compacting(&mut conn) {
+        assert!(Instant::now() < deadline, "the compaction never showed in stats");
+    }
+    // Renames and copies acknowledged between two sightings of `compacting 1` happened
+    // during the compaction.
+    let (mut at, mut during) = (0, 0);
+    loop {
+        let next = (at + 1) % 4;
+        assert_eq!(conn.call(format!("rename ring:{at} ring:{next}").as_bytes()).unwrap(), b"OK");
+        assert_eq!(conn.call(format!("copy ring:{next} copy:{next}").as_bytes()).unwrap(), b"OK");
+        at = next;
+        if !compacting(&mut conn) {
+            break;
+        }
+        during += 1;
+    }
+    assert_eq!(compactor.join().unwrap(), b"OK");
+    assert!(during > 0, "no rename landed during the compaction");
+    let file = fs::read_to_string(&db).unwrap();
+    let moving =
+        file.lines().filter(|l| l.starts_with("rename ") && l.ends_with(" 5 4000000000 token")).count();
+    assert!(moving >= during, "{moving} item-carrying renames for {during} renames during the compaction");
+    assert!(file.contains("setmeta copy:"), "copies during the compaction are sets of dst");
+    let server = restart(server);
+    let mut conn = Conn::connect(server.addr, IO_TIMEOUT).unwrap();
+    for i in 0..4 {
+        let expected: &[u8] = if i == at { b"VALUE token" } else { b"NOT_FOUND" };
+        assert_eq!(conn.call(format!("get ring:{i}").as_bytes()).unwrap(), expected, "ring:{i}");
+    }
+    assert!(conn
+        .call(format!("stat ring:{at}").as_bytes())
+        .unwrap()
+        .starts_with(format!("ITEM ring:{at} size=5 flags=5 expires_at=4000000000 ").as_bytes()));
+    assert_eq!(conn.call(format!("get copy:{at}").as_bytes()).unwrap(), b"VALUE token");
+    let untouched = common::numbered_key(12_345, 40);
+    assert_eq!(conn.call(format!("get {untouched}").as_bytes()).unwrap(), b"VALUE v", "the rest is intact");
+}
