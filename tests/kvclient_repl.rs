@@ -188,3 +188,53 @@ fn a_large_transfer_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
         String::from_utf8_lossy(&piped.stderr)
     );
 }
+
+#[test]
+fn the_prompt_has_a_current_directory_completes_paths_and_asks_before_rm_r() {
+    if !have_tmux() {
+        return;
+    }
+    let (dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let mut client = server.client();
+    for (key, value) in
+        [("docs/report.txt", "r"), ("docs/notes/a", "a"), ("docs/notes/b", "b"), ("other", "o")]
+    {
+        client.set(key.as_bytes(), value.as_bytes()).unwrap();
+    }
+    let addr = server.addr;
+    let name = format!("kvclient-dirs-{}", std::process::id());
+    let term = Terminal::start(&name, dir.path(), &format!("{KVCLIENT} --addr {addr}"));
+    term.wait_for(&format!("{addr}>"), 1);
+
+    // Tab completes a command, then a path one component at a time.
+    term.send(&["ge", "Tab", "do", "Tab", "rep", "Tab", "Enter"]);
+    term.wait_for("\"r\"", 1);
+    term.send(&["cd docs", "Enter"]);
+    term.wait_for(&format!("{addr} /docs/>"), 1);
+    term.send(&["pwd", "Enter"]);
+    term.wait_for("\n/docs/", 1);
+    term.send(&["ls", "Enter"]);
+    term.wait_for("notes/", 1);
+    term.send(&["get notes/a", "Enter"]); // protocol requests take paths relative to it too
+    term.wait_for("\"a\"", 1);
+    term.send(&["cd ..", "Enter"]);
+    term.wait_for(&format!("{addr}>"), 3);
+
+    // rm -r of a non-empty directory asks; "n" keeps it, "y" removes it.
+    term.send(&["rm -r docs/notes", "Enter"]);
+    term.wait_for("remove directory docs/notes/ and the 2 file(s) in it? [y/N]", 1);
+    term.send(&["n", "Enter"]);
+    term.wait_for("not removed", 1);
+    assert!(client.get(b"docs/notes/a").unwrap().is_some());
+    term.send(&["rm -r docs/notes", "Enter"]);
+    term.wait_for("[y/N]", 2);
+    term.send(&["y", "Enter"]);
+    term.wait_for(&format!("{addr}>"), 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(b"docs/notes/a").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "rm -r did not remove:\n{}", term.screen());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(client.get(b"docs/report.txt").unwrap().as_deref(), Some(&b"r"[..]), "only that directory");
+}
