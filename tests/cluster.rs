@@ -350,3 +350,32 @@ fn after_kill_9_of_the_leader_a_new_one_takes_over_and_no_acknowledged_write_is_
     assert_eq!(conn.ask("set after-restart yes"), "STORED");
     cluster.wait_everywhere("after-restart", "yes", Duration::from_secs(10));
 }
+
+/// REPORT's election time: kill -9 the leader 20 times (restarting it each time and letting
+/// it catch up) and print the median and worst time to a new leader agreed by the others.
+/// `cargo test --release --test cluster election_time -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (about a minute), not a check"]
+fn election_time_after_leader_kill() {
+    let mut cluster = Cluster::start();
+    let mut times = Vec::new();
+    for round in 0..20 {
+        let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+        let mut conn = Conn::open(cluster.live().find(|(id, _)| *id == leader).unwrap().1.addr);
+        assert_eq!(conn.ask(&format!("set round {round}")), "STORED");
+        let killed_at = Instant::now();
+        cluster.nodes[leader as usize - 1].take().expect("leader runs").kill();
+        cluster.wait_for_leader(Duration::from_secs(10)).expect("a new leader");
+        times.push(killed_at.elapsed());
+        let restarted = cluster.start_node(leader);
+        cluster.nodes[leader as usize - 1] = Some(restarted);
+        cluster.wait_everywhere("round", &round.to_string(), Duration::from_secs(20));
+    }
+    times.sort();
+    eprintln!(
+        "election after kill -9 of the leader, 20 rounds: median {} ms, worst {} ms, best {} ms",
+        times[times.len() / 2].as_millis(),
+        times[times.len() - 1].as_millis(),
+        times[0].as_millis()
+    );
+}

@@ -41,7 +41,7 @@ use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp, WriteOutco
 pub(crate) type Reply = Result<WriteOutcome, StoreError>;
 
 /// One Raft tick. Elections time out after `ELECTION_TICKS` to twice that.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(50);
 pub const ELECTION_TICKS: usize = 10;
 pub const HEARTBEAT_TICKS: usize = 2;
 
