@@ -379,3 +379,67 @@ fn election_time_after_leader_kill() {
         times[0].as_millis()
     );
 }
+
+fn signal(server: &Server, signal: i32) {
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    let sent = unsafe { libc::kill(server.pid() as i32, signal) };
+    assert_eq!(sent, 0, "kill({}, {signal})", server.pid());
+}
+
+/// The failure mode of asynchronous replication: a leader cut off from the others (here
+/// stopped for 10 s) must not have acknowledged anything the new leader does not have, and
+/// what it takes in when it resumes must not overwrite what the others committed meanwhile.
+#[test]
+fn a_leader_stopped_for_10_s_steps_down_and_loses_no_acknowledged_write() {
+    let cluster = Cluster::start();
+    let old = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let old_node = cluster.live().find(|(id, _)| *id == old).unwrap().1;
+    let mut before = Conn::open(old_node.addr);
+    assert_eq!(before.ask("set k before"), "STORED");
+
+    signal(old_node, libc::SIGSTOP);
+    // A client of the stopped leader: its write waits in the socket until SIGCONT.
+    let mut stale = Conn::open(old_node.addr);
+    stale.writer.write_all(b"set k from-the-old-leader\n").unwrap();
+
+    let others: Vec<SocketAddr> = cluster.live().filter(|(id, _)| *id != old).map(|(_, n)| n.addr).collect();
+    let stopped_at = Instant::now();
+    let deadline = stopped_at + Duration::from_secs(10);
+    let mut conn = Conn::open(others[0]);
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let reply = conn.ask(&format!("set k during-{n}"));
+        if reply == "STORED" {
+            acknowledged.push(n);
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!acknowledged.is_empty(), "the majority took no write while the leader was stopped");
+    let last = format!("during-{}", acknowledged.last().unwrap());
+    signal(old_node, libc::SIGCONT);
+
+    // It learns of the new term and follows; the value the others committed last is kept
+    // everywhere unless the old leader's queued write went through the new leader after it.
+    let stale_reply = stale.line();
+    eprintln!("the stopped leader's queued write was answered {stale_reply:?}");
+    let expected = if stale_reply == "STORED" { "from-the-old-leader" } else { last.as_str() };
+    assert!(stale_reply == "STORED" || stale_reply.starts_with("ERROR"), "{stale_reply}");
+    cluster.wait_everywhere("k", expected, Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut old_conn = Conn::open(old_node.addr);
+    while old_conn.stat("cluster_role").as_deref() != Some("follower") {
+        assert!(Instant::now() < deadline, "the old leader did not step down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing it held before the stop was overwritten by a stale log: the new leader's log
+    // (which has `before` and every `during-*`) is what every member applied.
+    for (_, node) in cluster.live() {
+        let db = std::fs::read_to_string(&node.db).unwrap();
+        assert!(db.contains("set k before"), "{}", node.db.display());
+        for n in &acknowledged {
+            assert!(db.contains(&format!("set k during-{n}\n")), "{} lacks during-{n}", node.db.display());
+        }
+    }
+}
