@@ -443,3 +443,35 @@ fn a_leader_stopped_for_10_s_steps_down_and_loses_no_acknowledged_write() {
         }
     }
 }
+
+#[test]
+fn without_a_majority_a_write_is_refused_with_no_leader_never_stored() {
+    let (dir, db) = common::temp_db();
+    let ports = free_ports(3);
+    let spec = format!("1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}", ports[0], ports[1], ports[2]);
+    // One member of three: it can never win an election.
+    let args = ["--node-id", "1", "--initial-cluster", &spec, "--cluster-timeout", "1"];
+    let alone = Server::start(&db, &args);
+    let mut conn = Conn::open(alone.addr);
+    let asked = Instant::now();
+    assert_eq!(conn.ask("set k v"), "ERROR no leader");
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(conn.ask("get k"), "NOT_FOUND");
+    assert_eq!(conn.stat("cluster_leader"), Some("0".into()));
+    drop(alone);
+
+    // Its saved members win over a different list on the next start…
+    let other = format!("1=127.0.0.1:{},2=127.0.0.1:{}", ports[0], ports[1]);
+    let again = Server::start(&db, &["--node-id", "1", "--initial-cluster", &other]);
+    assert!(again.log().contains("--initial-cluster ignored"), "{}", again.log());
+    assert_eq!(Conn::open(again.addr).ask_listing("cluster").len(), 4, "still three members");
+    drop(again);
+
+    // …and a database with data but no Raft state cannot become a member.
+    let single = dir.path().join("single.txt");
+    std::fs::write(&single, "set k v\n").unwrap();
+    let args = ["--node-id", "1", "--initial-cluster", &spec];
+    let exited = Server::try_start(&single, &args).err().expect("refused");
+    assert!(exited.log.contains("holds data but this node has no Raft state"), "{}", exited.log);
+}
