@@ -67,10 +67,26 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
 }
 
-/// Ports free right now on loopback, all bound at once so they differ.
+/// Peer ports free right now on loopback, for `--initial-cluster`, which needs them before
+/// the servers start. They are taken below Linux's ephemeral range (32768 and up), where
+/// neither `bind(:0)` (every client listener of these tests) nor an outgoing connection is
+/// ever handed a port, so nothing else takes one between this check and the server's bind
+/// or a member's restart; each port is handed out once per test process.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 1_000) * 10;
+    let mut ports = Vec::new();
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            return ports;
+        }
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    panic!("no {n} free ports between 20000 and 32767");
 }
 
 impl Cluster {
