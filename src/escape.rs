@@ -49,21 +49,66 @@ pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(value);
         return;
     }
-    for chunk in value.utf8_chunks() {
-        let valid = chunk.valid().as_bytes();
-        // Fast path: runs of printable bytes are copied in one go.
-        let mut run_start = 0;
-        for (i, &b) in valid.iter().enumerate() {
-            if b == b'\\' || b < 0x20 || b == 0x7f {
-                out.extend_from_slice(&valid[run_start..i]);
-                push_escaped_byte(b, out);
-                run_start = i + 1;
+    // One pass over the bytes into room for the worst case (every byte `\\xHH`), cut to
+    // size at the end. Each byte's output comes from a table (four bytes written, its length
+    // added), so random binary data costs no branch per byte; only a byte that could start
+    // a UTF-8 sequence (a lead byte followed by a continuation byte) takes the slow check.
+    let start = out.len();
+    out.resize(start + value.len() * 4 + 4, 0);
+    let buf = &mut out[start..];
+    let (mut at, mut written) = (0, 0);
+    while at < value.len() {
+        let b = value[at];
+        let next = value.get(at + 1).copied().unwrap_or(0);
+        if b >= 0xc2 && (0x80..0xc0).contains(&next) {
+            let len = utf8_sequence_at(&value[at..]);
+            if len > 0 {
+                buf[written..written + len].copy_from_slice(&value[at..at + len]);
+                written += len;
+                at += len;
+                continue;
             }
         }
-        out.extend_from_slice(&valid[run_start..]);
-        for &b in chunk.invalid() {
-            push_hex(b, out);
-        }
+        let (bytes, len) = ESCAPES[b as usize];
+        buf[written..written + 4].copy_from_slice(&bytes);
+        written += len as usize;
+        at += 1;
+    }
+    out.truncate(start + written);
+}
+
+/// What each byte becomes outside a UTF-8 sequence: its escape, or itself.
+const ESCAPES: [([u8; 4], u8); 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = match byte {
+            b'\\' => ([b'\\', b'\\', 0, 0], 2),
+            b'\n' => ([b'\\', b'n', 0, 0], 2),
+            b'\r' => ([b'\\', b'r', 0, 0], 2),
+            b'\t' => ([b'\\', b't', 0, 0], 2),
+            0x20..=0x7e => ([byte, 0, 0, 0], 1),
+            _ => ([b'\\', b'x', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]], 4),
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The length of the valid UTF-8 sequence `bytes` starts with (lead byte 0x80 or more), or
+/// 0 if it does not start with one.
+fn utf8_sequence_at(bytes: &[u8]) -> usize {
+    let len = match bytes[0] {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return 0,
+    };
+    match bytes.get(..len) {
+        Some(sequence) if std::str::from_utf8(sequence).is_ok() => len,
+        _ => 0,
     }
 }
 
@@ -72,21 +117,6 @@ pub fn escape(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() + 8);
     escape_into(value, &mut out);
     out
-}
-
-fn push_escaped_byte(b: u8, out: &mut Vec<u8>) {
-    match b {
-        b'\\' => out.extend_from_slice(b"\\\\"),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        b'\r' => out.extend_from_slice(b"\\r"),
-        b'\t' => out.extend_from_slice(b"\\t"),
-        _ => push_hex(b, out),
-    }
-}
-
-fn push_hex(b: u8, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
 }
 
 /// Decodes an escaped value.
@@ -157,6 +187,28 @@ mod tests {
             prop_assert!(!escaped.contains(&b'\n'));
             prop_assert!(!escaped.contains(&b'\r'));
             prop_assert_eq!(unescape(&escaped).unwrap(), value);
+        }
+
+        /// The one-pass escaper keeps exactly what the UTF-8 decoder calls valid.
+        #[test]
+        fn escaping_keeps_valid_utf8_and_escapes_every_other_byte(value in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut expected = Vec::new();
+            for chunk in value.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\\' => expected.extend_from_slice(b"\\\\"),
+                        '\n' => expected.extend_from_slice(b"\\n"),
+                        '\r' => expected.extend_from_slice(b"\\r"),
+                        '\t' => expected.extend_from_slice(b"\\t"),
+                        c if (c as u32) < 0x20 || c as u32 == 0x7f => expected.extend_from_slice(format!("\\x{:02x}", c as u32).as_bytes()),
+                        c => expected.extend_from_slice(c.to_string().as_bytes()),
+                    }
+                }
+                for b in chunk.invalid() {
+                    expected.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+                }
+            }
+            prop_assert_eq!(escape(&value), expected);
         }
 
         #[test]
