@@ -138,8 +138,9 @@ pub struct MemberStatus {
     /// The last log index known to be on that member: the leader's view of its followers,
     /// every node's own last index for itself, 0 for others on a follower.
     pub matched: u64,
-    /// Since a message from that member last arrived (since start if none did yet).
-    pub last_contact_ms: Option<u64>,
+    /// Since a message from that member last arrived (since start if none did yet; 0 for
+    /// this node itself).
+    pub last_contact_ms: u64,
 }
 
 /// This node's Raft state, refreshed by the raft thread after every step.

@@ -61,16 +61,16 @@ struct Pending {
 }
 
 pub struct Node {
-    pub raw: RawNode<DiskStorage>,
-    pub id: u64,
-    pub boot: u64,
-    pub store: Arc<Store>,
-    pub peers: HashMap<u64, Peer>,
-    pub addrs: Vec<(u64, String)>,
-    pub inbox: Receiver<Event>,
-    pub status: Arc<Mutex<Status>>,
-    pub fsync: FsyncPolicy,
-    pub max_value_bytes: usize,
+    raw: RawNode<DiskStorage>,
+    id: u64,
+    boot: u64,
+    store: Arc<Store>,
+    peers: HashMap<u64, Peer>,
+    addrs: Vec<(u64, String)>,
+    inbox: Receiver<Event>,
+    status: Arc<Mutex<Status>>,
+    fsync: FsyncPolicy,
+    max_value_bytes: usize,
     next_request: u64,
     pending: HashMap<u64, Pending>,
     /// Encoded proposals waiting for a leader, oldest first.
@@ -386,10 +386,9 @@ impl Node {
                 } else {
                     0
                 };
-                let last_contact_ms = if *id == self.id {
-                    Some(0)
-                } else {
-                    self.last_contact.get(id).map(|at| now.duration_since(*at).as_millis() as u64)
+                let last_contact_ms = match self.last_contact.get(id) {
+                    Some(at) => now.duration_since(*at).as_millis() as u64,
+                    None => 0, // this node
                 };
                 MemberStatus { id: *id, addr: addr.clone(), role: member_role, matched, last_contact_ms }
             })

@@ -718,10 +718,9 @@ impl LineSession {
         };
         let status = cluster.status();
         for m in &status.members {
-            let contact = m.last_contact_ms.map_or(-1, |ms| ms as i64);
             let line = format!(
-                "NODE {} {} {} term={} match={} last_contact_ms={contact}\n",
-                m.id, m.addr, m.role, status.term, m.matched
+                "NODE {} {} {} term={} match={} last_contact_ms={}\n",
+                m.id, m.addr, m.role, status.term, m.matched, m.last_contact_ms
             );
             out.extend_from_slice(line.as_bytes());
         }
