@@ -255,6 +255,7 @@ impl Cluster {
             config.fsync,
             config.max_value_bytes,
         );
+        node.publish_status();
         std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || {

@@ -364,7 +364,9 @@ impl Node {
         }
     }
 
-    fn publish_status(&self) {
+    /// Publishes this node's view for `cluster` and `stats` (also once before the thread
+    /// starts, so a client never sees an empty member list).
+    pub fn publish_status(&self) {
         let raft = &self.raw.raft;
         let role = Role::of(raft.state);
         let now = Instant::now();
