@@ -134,9 +134,6 @@ impl Config {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
-        if self.node_id.is_some() && self.memcached.is_some() {
-            return Err("--memcached on a cluster node (--node-id) is not built yet".into());
-        }
         if self.node_id == Some(0) {
             return Err("--node-id must be a positive number".into());
         }

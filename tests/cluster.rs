@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::faults::McConn;
 use common::{raw_connect, Server};
 
 /// Members in every test.
@@ -114,7 +115,16 @@ impl Cluster {
 
     fn start_node(&self, id: u64) -> Server {
         let id_text = id.to_string();
-        let args = ["--node-id", &id_text, "--initial-cluster", &self.spec, "--cluster-timeout", "5"];
+        let args = [
+            "--node-id",
+            &id_text,
+            "--initial-cluster",
+            &self.spec,
+            "--cluster-timeout",
+            "5",
+            "--memcached",
+            "127.0.0.1:0",
+        ];
         Server::start(&self.db(id), &args)
     }
 
@@ -219,12 +229,36 @@ fn a_single_node_server_has_no_cluster_status() {
     assert!(!db.with_file_name("database.txt.raft").exists());
 }
 
+/// memcached clients work unchanged against any member: their writes go through the log
+/// like the line protocol's (pipelined ones as one entry), and are read on every member.
 #[test]
-fn memcached_on_a_cluster_node_is_refused_until_it_goes_through_the_log() {
-    let (_dir, db) = common::temp_db();
-    let args = ["--node-id", "1", "--initial-cluster", "1=127.0.0.1:1", "--memcached", "127.0.0.1:0"];
-    let exited = Server::try_start(&db, &args).err().expect("refused");
-    assert!(exited.log.contains("--memcached on a cluster node"), "{}", exited.log);
+fn memcached_writes_through_every_node_are_readable_on_every_node() {
+    let cluster = Cluster::start();
+    cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    for (id, node) in cluster.live() {
+        let mut mc = McConn::connect(node.listener("memcached"), Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            mc.store("set", &format!("mc{id}"), 7, format!("by memcached {id}").as_bytes()).unwrap(),
+            b"STORED"
+        );
+        assert_eq!(mc.store("add", &format!("mc{id}"), 0, b"again").unwrap(), b"NOT_STORED");
+        // Pipelined writes of other kinds, answered in order.
+        mc.send(
+            format!("set n{id} 0 0 1\r\n5\r\nincr n{id} 3\r\ndelete n{id}\r\ndelete n{id}\r\n").as_bytes(),
+        )
+        .unwrap();
+        let replies: Vec<Vec<u8>> = (0..4).map(|_| mc.read_line().unwrap()).collect();
+        assert_eq!(replies, [&b"STORED"[..], b"8", b"DELETED", b"NOT_FOUND"], "through node {id}");
+        assert_eq!(
+            mc.get(&format!("mc{id}")).unwrap().as_deref(),
+            Some(format!("by memcached {id}").as_bytes())
+        );
+        // A delayed flush_all would run on this node alone: refused.
+        assert!(mc.call("flush_all 60").unwrap().starts_with(b"SERVER_ERROR"));
+    }
+    for id in 1..=MEMBERS as u64 {
+        cluster.wait_everywhere(&format!("mc{id}"), &format!("by memcached {id}"), Duration::from_secs(10));
+    }
 }
 
 #[test]

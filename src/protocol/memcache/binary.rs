@@ -480,7 +480,7 @@ impl BinarySession {
         }
         self.pending_bytes = 0;
         let (ops, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().unzip();
-        let results = self.ctx.store.write_many(ops);
+        let results = self.ctx.write_many(ops);
         for (reply, result) in replies.into_iter().zip(results) {
             self.write_reply(&reply, result, out);
         }

@@ -266,7 +266,7 @@ impl MemcacheSession {
         self.flushes += 1;
         let mut pending = std::mem::take(&mut self.pending);
         let mut results =
-            self.ctx.store.write_many(pending.iter_mut().filter_map(|p| p.op.take())).into_iter();
+            self.ctx.write_many(pending.iter_mut().filter_map(|p| p.op.take()).collect()).into_iter();
         let executor = Executor { ctx: &self.ctx };
         // After a store error in a `gat`, the rest of that request is dropped (no `END`).
         let mut failed_retrieval = false;
@@ -647,7 +647,7 @@ impl Executor<'_> {
 
     /// Sends one write to the store; on a store error answers `SERVER_ERROR` and returns None.
     fn write(&self, op: WriteOp, out: &mut Vec<u8>) -> Option<WriteOutcome> {
-        match self.ctx.store.write(op) {
+        match self.ctx.write_many(vec![op]).pop().unwrap_or(Err(StoreError::Closed)) {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 server_error(&e, out);
@@ -805,11 +805,17 @@ impl Executor<'_> {
         let now = unix_now();
         let delay = if delay > 0 { expires_at(delay, now).saturating_sub(now) } else { 0 };
         if delay > 0 {
+            if self.ctx.cluster.is_some() {
+                // The timer would run on this node alone, outside the replicated log.
+                return Err(StoreError::Unavailable(
+                    "flush_all with a delay is not supported on a cluster node".into(),
+                ));
+            }
             flush::schedule(&self.ctx.store, Some(Duration::from_secs(delay)));
             return Ok(());
         }
         flush::schedule(&self.ctx.store, None);
-        self.ctx.store.write(WriteOp::Flush).map(|_| ())
+        self.ctx.write_many(vec![WriteOp::Flush]).pop().unwrap_or(Err(StoreError::Closed)).map(|_| ())
     }
 
     fn stats(&self, out: &mut Vec<u8>) {
