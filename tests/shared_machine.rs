@@ -226,12 +226,24 @@ fn strace_available() -> bool {
 
 /// `kvserver` run under `strace -f <strace_args>`, and the PID of kvserver itself (signals
 /// must go to it: strace would detach rather than pass them on).
-fn traced_server(db: &Path, strace_args: &[&str], args: &[&str]) -> (Server, i32) {
+/// The PID of a kvserver run under strace, killed on drop: killing strace (what `Server`
+/// does) would only detach it, and a failed assertion must not leave it running.
+struct TracedPid(i32);
+
+impl Drop for TracedPid {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+fn traced_server(db: &Path, strace_args: &[&str], args: &[&str]) -> (Server, TracedPid) {
     let wrapper: Vec<&str> =
         ["strace", "-f", "-qq", "-o", "/dev/null"].iter().chain(strace_args).copied().collect();
     let command = wrapped_command(&wrapper, db, args);
     let server = Server::start_command(command, db).unwrap_or_else(|e| panic!("{}", e.log));
-    let pid = child_of(server.pid()).expect("kvserver runs under strace");
+    let pid = TracedPid(child_of(server.pid()).expect("kvserver runs under strace"));
     (server, pid)
 }
 
@@ -262,7 +274,7 @@ fn an_error_answered_flush_stays_undone(stop_with: i32) {
     assert!(dir.path().join("database.txt.cut").exists(), "the pending cut is recorded:\n{}", server.log());
     drop(c);
     unsafe {
-        libc::kill(pid, stop_with);
+        libc::kill(pid.0, stop_with);
     }
     let exited = server.signal_and_wait(0);
     if stop_with == libc::SIGTERM {
@@ -305,9 +317,9 @@ fn what_was_loaded_is_fsynced_before_it_is_served() {
     let server = Server::start_command(wrapped_command(&wrapper, &db, &[]), &db)
         .unwrap_or_else(|e| panic!("{}", e.log));
     // Stop kvserver itself so that strace exits and flushes its trace.
-    let pid = child_of(server.pid()).expect("kvserver runs under strace");
+    let pid = TracedPid(child_of(server.pid()).expect("kvserver runs under strace"));
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid.0, libc::SIGTERM);
     }
     assert!(server.signal_and_wait(0).status.success());
     let text = fs::read_to_string(&trace).unwrap();
