@@ -187,7 +187,11 @@ fn a_request_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
         );
         assert_eq!(dribbled.reply, farewell);
     }
-    assert!(server.log().contains("request not complete after"), "{}", server.log());
+    assert!(
+        server.wait_for_log("request not complete after", std::time::Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     let mut quiet = quiet;
     quiet.write_all(b"get k\n").unwrap();
     assert_eq!(read_line(&mut quiet).unwrap(), b"NOT_FOUND\n", "the quiet connection stays; k was never set");

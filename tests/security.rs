@@ -515,7 +515,11 @@ fn a_fifo_in_place_of_the_certificate_neither_blocks_sighup_nor_sigterm() {
             assert!(Instant::now() < deadline, "the reload did not answer:\n{}", server.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(server.log().contains("not a regular file"), "{}", server.log());
+        assert!(
+            server.wait_for_log("not a regular file", std::time::Duration::from_secs(10)),
+            "{}",
+            server.log()
+        );
         let ping = format!("auth {} {}\nping\nquit\n", READER.0, READER.1);
         assert_eq!(text(tls_transcript(server.addr, &current_ca, ping.as_bytes()).unwrap()), "OK\nPONG\n");
         std::fs::remove_file(path).unwrap();
@@ -664,7 +668,11 @@ fn a_tls_handshake_sent_a_byte_at_a_time_is_closed_at_the_request_deadline() {
         dribblers(server.addr, 1, client_hello(&cert), Duration::from_secs(8)).pop().unwrap().join().unwrap();
     let closed = dribbled.closed_after.unwrap_or_else(|| panic!("the handshake dribbler was never closed"));
     assert!(closed >= Duration::from_millis(1800) && closed < Duration::from_millis(3500), "{closed:?}");
-    assert!(server.log().contains("request not complete after"), "{}", server.log());
+    assert!(
+        server.wait_for_log("request not complete after", std::time::Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     assert_eq!(text(tls_transcript(server.addr, &cert, b"ping\nquit\n").unwrap()), "PONG\n");
 }
 
