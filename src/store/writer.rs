@@ -31,7 +31,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
 
 use super::compaction::{self, Compaction, Waiter as CompactionWaiter};
-use super::decide::{decide, Effect, Inputs};
+use super::decide::{decide, Decision, Effect, Inputs};
 use super::disk::{Disk, DiskFile};
 use super::files;
 use super::format::{
@@ -371,6 +371,13 @@ impl Engine {
             self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             return vec![Err(error); count];
         }
+        self.apply_decision(&decision);
+        decision.outcomes.into_iter().map(Ok).collect()
+    }
+
+    /// After its records are in the log: the CAS clock, the counters and the index follow the
+    /// decision.
+    fn apply_decision(&mut self, decision: &Decision<'_>) {
         self.last_cas = decision.next_cas.saturating_sub(1).max(self.last_cas);
         self.records += decision.effects.len() as u64;
         for effect in &decision.effects {
@@ -378,7 +385,6 @@ impl Engine {
         }
         self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.publish_counters();
-        decision.outcomes.into_iter().map(Ok).collect()
     }
 
     /// Encodes `effects` as records and appends them to the log in one write.
@@ -432,13 +438,7 @@ impl Engine {
             self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             return Err(error);
         }
-        self.last_cas = decision.next_cas.saturating_sub(1).max(self.last_cas);
-        self.records += decision.effects.len() as u64;
-        for effect in &decision.effects {
-            self.apply(effect);
-        }
-        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.publish_counters();
+        self.apply_decision(&decision);
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             self.sweep_expired();
         }
