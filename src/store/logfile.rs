@@ -137,7 +137,8 @@ impl LogFile {
     /// failure nothing of `buf` stays in the log (or, if the cut-back fails, the cut is
     /// recorded and pending; see the module doc).
     pub(crate) fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        if self.refusal.is_none() {
+        // Only the everysec syncer sets `failed`: the other policies skip the lock.
+        if self.refusal.is_none() && self.fsync == FsyncPolicy::Everysec {
             let failed = self.sync_target.failed.lock().clone();
             if let Some(why) = failed {
                 self.refuse(why);
