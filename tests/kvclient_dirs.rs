@@ -5,14 +5,10 @@ mod common;
 #[path = "kvclient_support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use sha2::{Digest, Sha256};
 
 use common::{temp_db, Server};
-use support::{kvclient, noise, text, KVCLIENT};
+use support::{kill_mid_upload, kvclient, noise, text};
 
 fn ok(server: &Server, args: &[&str]) -> String {
     let out = kvclient(server.addr, args, b"");
@@ -151,23 +147,9 @@ fn orphans_of_a_killed_first_upload_are_invisible() {
     let (_dir, db) = temp_db();
     let server = Server::start(&db, &[]);
     put(&server, "d/keep", b"k");
-    let mut child = Command::new(KVCLIENT)
-        .args(["--addr", &server.addr.to_string(), "put", "-", "d/new.bin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(&noise(3 << 20, 9)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while all_keys(&server).iter().filter(|k| k.contains("~chunk.")).count() < 2 {
-        assert!(Instant::now() < deadline, "the upload never reached the server");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(input);
+    kill_mid_upload(server.addr, "d/new.bin", &noise(3 << 20, 9), || {
+        all_keys(&server).iter().filter(|k| k.contains("~chunk.")).count() >= 2
+    });
     assert_eq!(ok(&server, &["ls", "d"]), "keep\n", "no half file");
     assert_eq!(get(&server, "d/new.bin"), None);
     put(&server, "d/new.bin", b"small now");

@@ -6,12 +6,10 @@ mod common;
 #[path = "kvclient_support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{temp_db, Server};
-use support::{kvclient, noise, run_measured, text, KVCLIENT};
+use support::{kill_mid_upload, kvclient, noise, run_measured, text};
 
 /// The chunk keys the server holds for `key` (all uploads).
 fn chunks_of(server: &Server, key: &str) -> Vec<String> {
@@ -209,23 +207,9 @@ fn killing_the_client_mid_upload_leaves_the_old_version_and_the_next_put_cleans_
     assert_eq!(old_chunks.len(), 3);
 
     // A new version arrives on stdin; once some of its chunks are on the server, kill -9.
-    let mut child = Command::new(KVCLIENT)
-        .args(["--addr", &server.addr.to_string(), "put", "-", "doc"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(&noise(5 << 20, 22)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while chunks_of(&server, "doc").len() < old_chunks.len() + 3 {
-        assert!(Instant::now() < deadline, "the upload never reached the server");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(input);
+    kill_mid_upload(server.addr, "doc", &noise(5 << 20, 22), || {
+        chunks_of(&server, "doc").len() >= old_chunks.len() + 3
+    });
 
     let out = kvclient(server.addr, &["get", "doc"], b"");
     assert!(out.status.success() && out.stdout == old, "the old version is still read whole");

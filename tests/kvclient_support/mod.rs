@@ -31,6 +31,27 @@ pub fn kvclient(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
     output
 }
 
+/// Starts `kvclient put - <key>` with `data` on its input, waits (up to 20 s) until
+/// `reached_server` says part of it arrived, then kills the client with SIGKILL.
+pub fn kill_mid_upload(addr: SocketAddr, key: &str, data: &[u8], reached_server: impl Fn() -> bool) {
+    let mut child = Command::new(KVCLIENT)
+        .args(["--addr", &addr.to_string(), "put", "-", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kvclient");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(data).expect("feed the upload");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reached_server() {
+        assert!(std::time::Instant::now() < deadline, "the upload never reached the server");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill kvclient");
+    child.wait().expect("reap kvclient");
+}
+
 /// Standard output as text.
 pub fn text(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
