@@ -1,0 +1,247 @@
+//! A Raft cluster of real `kvserver` processes on loopback for the cluster tests: three
+//! members in one temporary directory, line-protocol connections with timeouts, bounded
+//! polls for a leader / an applied index / a value on every member, and a writer that
+//! records what was acknowledged. Every process is killed on drop (`Server`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{raw_connect, Server};
+
+/// Members in every test.
+pub const MEMBERS: usize = 3;
+
+/// A line-protocol connection with a read timeout (from `raw_connect`): a test cannot hang.
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = raw_connect(addr);
+        Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("a reply line");
+        assert!(line.ends_with('\n'), "connection closed mid-reply: {line:?}");
+        line.trim_end().to_string()
+    }
+
+    /// One request, one reply line.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.writer.write_all(format!("{request}\n").as_bytes()).unwrap();
+        self.line()
+    }
+
+    /// One request whose reply ends with `END`.
+    pub fn ask_listing(&mut self, request: &str) -> Vec<String> {
+        self.writer.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "END" || line.starts_with("ERROR") {
+                lines.push(line);
+                return lines;
+            }
+            lines.push(line);
+        }
+    }
+
+    pub fn stat(&mut self, name: &str) -> Option<String> {
+        let prefix = format!("STAT {name} ");
+        self.ask_listing("stats").iter().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+}
+
+/// Three members in one temporary directory, each with its own database.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub spec: String,
+    pub nodes: Vec<Option<Server>>,
+}
+
+/// Peer ports free right now on loopback, for `--initial-cluster`, which needs them before
+/// the servers start. They are taken below Linux's ephemeral range (32768 and up), where
+/// neither `bind(:0)` (every client listener of these tests) nor an outgoing connection is
+/// ever handed a port, so nothing else takes one between this check and the server's bind
+/// or a member's restart; each port is handed out once per test process.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 1_000) * 10;
+    let mut ports = Vec::new();
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            return ports;
+        }
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    panic!("no {n} free ports between 20000 and 32767");
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = free_ports(MEMBERS)
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster { dir, spec, nodes: Vec::new() };
+        for id in 1..=MEMBERS as u64 {
+            let node = cluster.start_node(id);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    pub fn db(&self, id: u64) -> PathBuf {
+        let dir = self.dir.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("database.txt")
+    }
+
+    pub fn start_node(&self, id: u64) -> Server {
+        self.start_node_with(id, &[])
+    }
+
+    /// Starts member `id` with `extra` flags after the cluster's own.
+    pub fn start_node_with(&self, id: u64, extra: &[&str]) -> Server {
+        let id_text = id.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id_text,
+            "--initial-cluster",
+            &self.spec,
+            "--cluster-timeout",
+            "5",
+            "--memcached",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&self.db(id), &args)
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (u64, &Server)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i as u64 + 1, n)))
+    }
+
+    /// Polls until every live member names the same leader and that leader says it leads.
+    pub fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let views: Vec<(u64, Option<String>, Option<String>)> = self
+                .live()
+                .map(|(id, node)| {
+                    let mut conn = Conn::open(node.addr);
+                    (id, conn.stat("cluster_leader"), conn.stat("cluster_role"))
+                })
+                .collect();
+            let leader = views[0].1.as_deref().and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+            let agreed =
+                leader != 0 && views.iter().all(|(_, l, _)| l.as_deref() == Some(&leader.to_string()));
+            let leads = views.iter().any(|(id, _, role)| *id == leader && role.as_deref() == Some("leader"));
+            if agreed && leads {
+                return Some(leader);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The applied index of the first live member.
+    pub fn applied(&self) -> u64 {
+        let (_, node) = self.live().next().expect("a live member");
+        let applied = Conn::open(node.addr).stat("cluster_applied_index").expect("cluster_applied_index");
+        applied.parse().expect("a number")
+    }
+
+    /// Polls until the first live member has applied entry `index`.
+    pub fn wait_for_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.applied() < index {
+            assert!(Instant::now() < deadline, "entry {index} not applied in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until `key` reads `value` on every live member.
+    pub fn wait_everywhere(&self, key: &str, value: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (id, node) in self.live() {
+            let mut conn = Conn::open(node.addr);
+            loop {
+                let got = conn.ask(&format!("get {key}"));
+                if got == format!("VALUE {value}") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id}: get {key} answered {got:?}, not {value}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A writer that records what the cluster acknowledged: `set` after `set` of its own keys,
+/// through whichever live node takes its connection (it moves on when one fails).
+pub fn run_writer(
+    writer: usize,
+    addrs: Vec<SocketAddr>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(String, String)> {
+    use std::sync::atomic::Ordering;
+    let mut acknowledged = Vec::new();
+    let mut target = writer % addrs.len();
+    let mut conn: Option<Conn> = None;
+    for n in 0..5_000 {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if conn.is_none() {
+            match TcpStream::connect_timeout(&addrs[target], Duration::from_secs(1)) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    conn = Some(Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) });
+                }
+                Err(_) => {
+                    target = (target + 1) % addrs.len();
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            }
+        }
+        let (key, value) = (format!("w{writer}-{n}"), format!("value-{writer}-{n}"));
+        let c = conn.as_mut().expect("connected");
+        let mut reply = String::new();
+        let sent = c.writer.write_all(format!("set {key} {value}\n").as_bytes());
+        let read = sent.and_then(|()| c.reader.read_line(&mut reply));
+        match read {
+            Ok(_) if reply.trim_end() == "STORED" => acknowledged.push((key, value)),
+            Ok(n) if n > 0 && reply.starts_with("ERROR") => {
+                // No leader yet, or not committed in time: not acknowledged; try again later.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => {
+                // The node is gone: move on to the next one.
+                conn = None;
+                target = (target + 1) % addrs.len();
+            }
+        }
+    }
+    acknowledged
+}
+
+pub fn signal(server: &Server, signal: i32) {
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    let sent = unsafe { libc::kill(server.pid() as i32, signal) };
+    assert_eq!(sent, 0, "kill({}, {signal})", server.pid());
+}
