@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, ReadConsistency};
 use crate::protocol::Limits;
 use crate::server::ServerConfig;
 use crate::store::{FsyncPolicy, StoreConfig};
@@ -117,6 +117,12 @@ pub struct Config {
     /// answered "no leader" (or as not committed in time).
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub cluster_timeout: u64,
+
+    /// What reads on a cluster node see: `linearizable` (every write acknowledged before the
+    /// read; one ReadIndex round with the leader first) or `local` (this node's own state at
+    /// once, possibly a moment stale).
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable, value_name = "MODE")]
+    pub read_consistency: ReadConsistency,
 }
 
 impl Config {
@@ -171,6 +177,7 @@ impl Config {
             db: self.db.clone(),
             fsync: self.fsync,
             max_value_bytes: self.max_value_bytes,
+            read_consistency: self.read_consistency,
         })
     }
 

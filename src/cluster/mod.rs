@@ -6,8 +6,11 @@
 //! module owns storage, transport and applying): a connection that writes hands its batch
 //! to the raft thread (`node`), which proposes it (Raft forwards a follower's proposal to the
 //! leader), and answers once the entry is committed — on a majority of members' disks — and
-//! applied to this node's store. Reads are served from the node's own store (linearizable
-//! reads are not built yet: a follower may answer a read a moment behind the leader).
+//! applied to this node's store. Reads are linearizable by default: before a session serves
+//! the reads of a batch of requests it passes a read fence ([`Cluster::read_fence`]), for
+//! which the raft thread asks Raft's ReadIndex (the leader confirms with a majority that it
+//! still leads, and at which commit index; fences that arrive meanwhile share the round)
+//! and answers once this node has applied that index. `--read-consistency local` skips it.
 //!
 //! Applying is deterministic (see `store::decide`): the entry carries the leader's clock
 //! and the CAS uniques come from the entry's index, through [`Store::apply_committed`], so
@@ -16,14 +19,15 @@
 //! Where state lives: `<db>.raft/raft.log` (`storage`) holds the Raft log and hard state.
 //! `database.txt` stays the node's readable, replayable state, but as CAS uniques are not in
 //! it, a restarted node rebuilds its store from the Raft log: it is flushed at start and
-//! every committed entry is applied again (no snapshots yet, so the log is kept whole).
+//! every committed entry is applied again (no snapshots yet, so the log is kept whole). The
+//! Raft log being the durable record, the store writes `database.txt` without fsyncs.
 //! The first start of a member writes `--initial-cluster` into its state; later starts use
 //! the saved members and ignore the flag.
 //!
 //! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`),
-//! snapshots and log truncation, restore of a wiped member, linearizable reads, peer
-//! authentication (so peer addresses must be loopback), and the memcached listener on a
-//! cluster node (refused at start, so no write can bypass the log).
+//! snapshots and log truncation, restore of a wiped member, peer authentication (so peer
+//! addresses must be loopback), and a delayed `flush_all` on the memcached listener
+//! (refused: its timer would run outside the log).
 
 mod node;
 pub mod proposal;
@@ -59,6 +63,31 @@ pub struct ClusterConfig {
     pub db: std::path::PathBuf,
     pub fsync: FsyncPolicy,
     pub max_value_bytes: usize,
+    /// `--read-consistency`.
+    pub read_consistency: ReadConsistency,
+}
+
+/// What a read on a cluster node may see (`--read-consistency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReadConsistency {
+    /// Every read sees every write acknowledged before it was sent, whichever node answers
+    /// it: before serving, the node confirms through Raft's ReadIndex (one heartbeat round
+    /// of the leader, shared by all reads that arrive meanwhile) that it has applied all
+    /// that was committed.
+    #[default]
+    Linearizable,
+    /// Reads are served from this node's own state at once: fast, but a follower may be a
+    /// moment behind, and an isolated old leader may answer with what it last knew.
+    Local,
+}
+
+impl fmt::Display for ReadConsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Local => "local",
+        })
+    }
 }
 
 /// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`: member ids (non-zero, distinct) and peer
@@ -161,6 +190,7 @@ pub struct Cluster {
     inbox: crossbeam_channel::Sender<Event>,
     status: Arc<Mutex<Status>>,
     timeout: Duration,
+    read_consistency: ReadConsistency,
 }
 
 impl Cluster {
@@ -265,7 +295,12 @@ impl Cluster {
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok(Arc::new(Cluster { inbox, status, timeout: config.timeout }))
+        Ok(Arc::new(Cluster {
+            inbox,
+            status,
+            timeout: config.timeout,
+            read_consistency: config.read_consistency,
+        }))
     }
 
     /// Writes `ops` through the Raft log; returns their outcomes once they are committed and
@@ -301,6 +336,21 @@ impl Cluster {
         answer
             .recv_timeout(self.timeout + Duration::from_secs(2))
             .unwrap_or_else(|_| vec![Err(StoreError::Unavailable("the raft thread did not answer".into()))])
+    }
+
+    /// Returns once this node may serve a read under `--read-consistency`: at once for
+    /// `local`; for `linearizable`, once the leader confirmed its commit index with a
+    /// majority and this node has applied up to it (`no leader` after `--cluster-timeout`).
+    pub fn read_fence(&self) -> Result<(), StoreError> {
+        if self.read_consistency == ReadConsistency::Local {
+            return Ok(());
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + self.timeout;
+        self.inbox.send(Event::Fence { reply, deadline }).map_err(|_| StoreError::Closed)?;
+        answer
+            .recv_timeout(self.timeout + Duration::from_secs(2))
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the raft thread did not answer".into())))
     }
 
     /// This node's view of the cluster.

@@ -49,15 +49,117 @@ pub const HEARTBEAT_TICKS: usize = 2;
 /// fewer than `1 << CAS_SHIFT` ops (`Cluster::write_many` splits larger batches).
 pub const CAS_SHIFT: u32 = 16;
 
+/// A read fence waiting to be answered: `Ok` once this node has applied everything that
+/// was committed when the fence was confirmed by a majority.
+pub(crate) type FenceReply = Result<(), StoreError>;
+
 /// What the raft thread is asked to do.
 pub enum Event {
     Peer(Box<Message>),
-    Propose { ops: Vec<WriteOp>, reply: Sender<Vec<Reply>>, deadline: Instant },
+    Propose {
+        ops: Vec<WriteOp>,
+        reply: Sender<Vec<Reply>>,
+        deadline: Instant,
+    },
+    /// A linearizable read is about to be served: confirm, through ReadIndex, that this
+    /// node's state is at least as new as everything committed before now.
+    Fence {
+        reply: Sender<FenceReply>,
+        deadline: Instant,
+    },
 }
 
 struct Pending {
     reply: Sender<Vec<Reply>>,
     deadline: Instant,
+}
+
+struct PendingFence {
+    reply: Sender<FenceReply>,
+    deadline: Instant,
+}
+
+/// A ReadIndex request that has gone to the leader may be dropped (a leader that has not
+/// committed an entry of its term yet drops it, as does a node with no leader): unanswered
+/// after this long, its fences are asked again under a new context.
+const FENCE_RETRY: Duration = Duration::from_millis(150);
+
+/// The read fences of this node, batched: every fence that arrives while one ReadIndex
+/// request is out waits for the next, so one heartbeat round confirms them all.
+#[derive(Default)]
+struct Fences {
+    /// Not asked yet.
+    new: Vec<PendingFence>,
+    /// Asked under a context (a counter), with the time it was asked.
+    asked: HashMap<u64, (Instant, Vec<PendingFence>)>,
+    /// Confirmed at a commit index, answered once that index is applied here.
+    confirmed: Vec<(u64, PendingFence)>,
+    next_context: u64,
+}
+
+impl Fences {
+    /// Asks for a read index for the fences that wait, once there is a leader to ask, and
+    /// again for those whose request went unanswered for `FENCE_RETRY`.
+    fn ask(&mut self, raw: &mut RawNode<DiskStorage>, now: Instant) {
+        if raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .asked
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= FENCE_RETRY)
+            .map(|(c, _)| *c)
+            .collect();
+        for context in stale {
+            if let Some((_, fences)) = self.asked.remove(&context) {
+                self.new.extend(fences);
+            }
+        }
+        if self.new.is_empty() {
+            return;
+        }
+        self.next_context += 1;
+        raw.read_index(self.next_context.to_be_bytes().to_vec());
+        self.asked.insert(self.next_context, (now, std::mem::take(&mut self.new)));
+    }
+
+    /// Takes the read indexes Raft confirmed.
+    fn confirm(&mut self, states: &[raft::ReadState]) {
+        for state in states {
+            let Ok(context) = <[u8; 8]>::try_from(&state.request_ctx[..]) else { continue };
+            if let Some((_, fences)) = self.asked.remove(&u64::from_be_bytes(context)) {
+                self.confirmed.extend(fences.into_iter().map(|fence| (state.index, fence)));
+            }
+        }
+    }
+
+    /// Answers the confirmed fences whose index this node has applied.
+    fn release(&mut self, applied: u64) {
+        self.confirmed.retain(|(index, fence)| {
+            if *index > applied {
+                return true;
+            }
+            let _ = fence.reply.send(Ok(()));
+            false
+        });
+    }
+
+    /// Answers the fences whose deadline has passed with `why`.
+    fn expire(&mut self, now: Instant, why: &str) {
+        let expired = |fence: &PendingFence| {
+            if fence.deadline > now {
+                return false;
+            }
+            let _ = fence.reply.send(Err(StoreError::Unavailable(why.to_string())));
+            true
+        };
+        self.new.retain(|f| !expired(f));
+        self.confirmed.retain(|(_, f)| !expired(f));
+        for (_, fences) in self.asked.values_mut() {
+            fences.retain(|f| !expired(f));
+        }
+        self.asked.retain(|_, (_, fences)| !fences.is_empty());
+    }
 }
 
 pub struct Node {
@@ -73,6 +175,7 @@ pub struct Node {
     max_value_bytes: usize,
     next_request: u64,
     pending: HashMap<u64, Pending>,
+    fences: Fences,
     /// Encoded proposals waiting for a leader, oldest first.
     waiting: VecDeque<(u64, Vec<u8>)>,
     /// Committed entries not yet applied (normally empty between iterations).
@@ -116,6 +219,7 @@ impl Node {
             max_value_bytes,
             next_request: 1,
             pending: HashMap::new(),
+            fences: Fences::default(),
             waiting: VecDeque::new(),
             to_apply: VecDeque::new(),
             applied: 0,
@@ -158,6 +262,7 @@ impl Node {
                 next_sync = now + Duration::from_secs(1);
             }
             self.propose_waiting();
+            self.fences.ask(&mut self.raw, now);
             self.on_ready()?;
             self.note_leader();
             self.publish_status();
@@ -196,6 +301,7 @@ impl Node {
                 self.pending.insert(request, Pending { reply, deadline });
                 self.waiting.push_back((request, data));
             }
+            Event::Fence { reply, deadline } => self.fences.new.push(PendingFence { reply, deadline }),
         }
     }
 
@@ -219,7 +325,7 @@ impl Node {
         }
     }
 
-    /// Answers the writes whose deadline has passed.
+    /// Answers the writes and read fences whose deadline has passed.
     fn expire(&mut self, now: Instant) {
         let leaderless = self.raw.raft.leader_id == raft::INVALID_ID;
         self.pending.retain(|_, pending| {
@@ -234,6 +340,12 @@ impl Node {
             let _ = pending.reply.send(vec![Err(StoreError::Unavailable(why))]);
             false
         });
+        let why = if leaderless {
+            "no leader"
+        } else {
+            "read not confirmed by a majority within --cluster-timeout"
+        };
+        self.fences.expire(now, why);
     }
 
     fn send(&self, messages: Vec<Message>) {
@@ -253,6 +365,7 @@ impl Node {
         if !ready.messages().is_empty() {
             self.send(ready.take_messages());
         }
+        self.fences.confirm(ready.read_states());
         self.to_apply.extend(ready.take_committed_entries());
         let storage = self.raw.mut_store();
         storage.append(ready.entries())?;
@@ -298,6 +411,7 @@ impl Node {
         if self.applied > self.raw.raft.raft_log.applied {
             self.raw.advance_apply_to(self.applied);
         }
+        self.fences.release(self.applied);
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), StoreError> {

@@ -65,7 +65,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::glob::KeyPattern;
-use super::{push_decimal, Context, Progress, Session, FLUSH_THRESHOLD};
+use super::{push_decimal, Context, Progress, ReadFence, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login, Role};
 use crate::escape::{escape_into, unescape};
 use crate::stats::ServerStats;
@@ -146,6 +146,20 @@ impl Request<'_> {
             Request::Write(_) | Request::Change(_) => Role::Write,
             _ => Role::Read,
         }
+    }
+
+    /// Whether the request reads items (and so passes the session's read fence first).
+    fn reads_items(&self) -> bool {
+        matches!(
+            self,
+            Request::Get(_)
+                | Request::Stat(_)
+                | Request::Exists(_)
+                | Request::Mget(_)
+                | Request::Ttl(_)
+                | Request::Keys(_)
+                | Request::Scan { .. }
+        )
     }
 }
 
@@ -393,6 +407,7 @@ pub struct LineSession {
     access: Access,
     /// A reply being answered a part at a time.
     streaming: Option<Streaming>,
+    fence: ReadFence,
 }
 
 /// A reply in progress (`keys`, `mget`) and how far it got. Its memory is the pattern and
@@ -419,7 +434,15 @@ fn record_op(record: Record) -> Option<WriteOp> {
 impl LineSession {
     pub fn new(ctx: Arc<Context>) -> Self {
         let access = Access::new(ctx.users.is_some(), None);
-        LineSession { ctx, skipping: false, pending: Vec::new(), pending_bytes: 0, access, streaming: None }
+        LineSession {
+            ctx,
+            skipping: false,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            access,
+            streaming: None,
+            fence: ReadFence::default(),
+        }
     }
 
     /// Names the client in the log lines of failed logins.
@@ -495,6 +518,12 @@ impl LineSession {
             other => other,
         };
         self.flush_writes(out);
+        if request.reads_items() {
+            if let Err(e) = self.fence.pass(&self.ctx) {
+                error_reply(&e, out);
+                return true;
+            }
+        }
         let store = &self.ctx.store;
         match request {
             Request::Nothing | Request::Write(_) | Request::Change(_) | Request::Auth { .. } => {}
@@ -769,6 +798,7 @@ impl Session for LineSession {
                 return Progress { consumed: 0, close: false };
             }
         }
+        self.fence.reset();
         let mut consumed = 0;
         while out.len() < FLUSH_THRESHOLD && self.streaming.is_none() {
             let rest = &input[consumed..];

@@ -44,7 +44,7 @@ use super::admin::Registration;
 use super::request::{expires_at, parse_stats_group, valid_key, StatsGroup};
 use super::{Executor, MEMCACHED_VERSION};
 use crate::auth::{Access, Login, Role};
-use crate::protocol::{Context, Progress, FLUSH_THRESHOLD};
+use crate::protocol::{Context, Progress, ReadFence, FLUSH_THRESHOLD};
 use crate::stats::ServerStats;
 use crate::store::{unix_now, NewCounter, StoreError, StoreMode, WriteOp, WriteOutcome};
 
@@ -247,6 +247,7 @@ pub struct BinarySession {
     swallow: usize,
     pending: Vec<(WriteOp, PendingReply)>,
     pending_bytes: usize,
+    fence: ReadFence,
 }
 
 /// Whether the opcode is a quiet form (answered only on failure; get/gat: only on a hit).
@@ -300,7 +301,14 @@ fn well_formed(p: &Packet) -> bool {
 
 impl BinarySession {
     pub fn new(ctx: Arc<Context>, access: Access) -> BinarySession {
-        BinarySession { ctx, access, swallow: 0, pending: Vec::new(), pending_bytes: 0 }
+        BinarySession {
+            ctx,
+            access,
+            swallow: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            fence: ReadFence::default(),
+        }
     }
 
     fn executor(&self) -> Executor<'_> {
@@ -309,6 +317,7 @@ impl BinarySession {
 
     /// Handles the complete packets at the start of `input` (see [`crate::protocol::Session`]).
     pub fn process(&mut self, input: &[u8], out: &mut Vec<u8>, registration: &Registration) -> Progress {
+        self.fence.reset();
         let mut consumed = 0;
         while out.len() < FLUSH_THRESHOLD && consumed < input.len() {
             let rest = &input[consumed..];
@@ -397,7 +406,10 @@ impl BinarySession {
         self.flush_pending(out);
         let quiet = is_quiet(op);
         match op {
-            GET | GETQ | GETK | GETKQ => self.get(p, out),
+            GET | GETQ | GETK | GETKQ => match self.fence.pass(&self.ctx) {
+                Ok(()) => self.get(p, out),
+                Err(e) => p.respond(out, Status::InternalError, 0, &[], &[], e.to_string().as_bytes()),
+            },
             NOOP => p.respond(out, Status::Success, 0, &[], &[], &[]),
             VERSION => p.respond(out, Status::Success, 0, &[], &[], MEMCACHED_VERSION.as_bytes()),
             QUIT | QUITQ => {

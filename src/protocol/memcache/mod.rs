@@ -56,7 +56,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{push_decimal, Context, Progress, Session, FLUSH_THRESHOLD};
+use super::{push_decimal, Context, Progress, ReadFence, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login};
 use crate::stats::{CacheCounters, ServerStats};
 use crate::store::{unix_now, StoreError, StoreMode, WriteOp, WriteOutcome};
@@ -164,6 +164,7 @@ pub struct MemcacheSession {
     binary: Option<binary::BinarySession>,
     peer: Option<SocketAddr>,
     registration: Registration,
+    fence: ReadFence,
 }
 
 impl MemcacheSession {
@@ -182,6 +183,7 @@ impl MemcacheSession {
             binary: None,
             peer: None,
             registration: Registration::new(None),
+            fence: ReadFence::default(),
         }
     }
 
@@ -379,6 +381,10 @@ impl MemcacheSession {
             if touch.is_none() {
                 // A read sees the writes before it.
                 self.flush_pending(out);
+                if let Err(e) = self.fence.pass(&self.ctx) {
+                    server_error(&e, out);
+                    return (line_end, false);
+                }
             }
             ServerStats::bump(&self.ctx.stats.commands);
             // The key list is a slice of `input`.
@@ -478,8 +484,16 @@ impl MemcacheSession {
             self.queue(op, reply, 0, out);
             return false;
         }
-        let executor = Executor { ctx: &self.ctx };
         let noreply = request.noreply();
+        if matches!(request, Request::Meta { .. } | Request::MetaDebug { .. }) {
+            if let Err(e) = self.fence.pass(&self.ctx) {
+                if !noreply {
+                    server_error(&e, out);
+                }
+                return false;
+            }
+        }
+        let executor = Executor { ctx: &self.ctx };
         let before = out.len();
         match request {
             Request::Get { .. } => unreachable!("retrievals are answered by `retrieve`"),
@@ -576,6 +590,7 @@ impl Session for MemcacheSession {
         if let Some(binary) = &mut self.binary {
             return binary.process(input, out, &self.registration);
         }
+        self.fence.reset();
         let mut consumed = 0;
         self.output_full = false;
         if self.resume_dump(out) {
