@@ -159,7 +159,10 @@ impl Config {
     pub fn store(&self) -> StoreConfig {
         StoreConfig {
             path: self.db.clone(),
-            fsync: self.fsync,
+            // On a cluster node the Raft log (`<db>.raft/`, synced under --fsync) is the
+            // durable record and the store is rebuilt from it at start, so database.txt is
+            // written without syncs of its own.
+            fsync: if self.node_id.is_some() { FsyncPolicy::Never } else { self.fsync },
             max_value_bytes: self.max_value_bytes,
             compact_min_bytes: self.compact_min_bytes,
             compact_garbage_ratio: self.compact_garbage_ratio,
