@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, value_name = "ID=ADDR,...", requires = "node_id")]
     pub initial_cluster: Option<String>,
 
+    /// A file holding the secret every member shares (at least 16 bytes, mode 600): peer
+    /// connections then prove it and every peer frame carries an HMAC. Required if any peer
+    /// address is not loopback. See README "Cluster".
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    pub cluster_secret: Option<PathBuf>,
+
     /// Seconds a write on a cluster node waits for a leader and its commit before it is
     /// answered "no leader" (or as not committed in time).
     #[arg(long, default_value_t = 5, value_name = "SECS")]
@@ -181,6 +187,7 @@ impl Config {
             fsync: self.fsync,
             max_value_bytes: self.max_value_bytes,
             read_consistency: self.read_consistency,
+            secret: self.cluster_secret.clone(),
         })
     }
 

@@ -115,7 +115,7 @@ impl ResolvesServerCert for CertStore {
 
 /// The bytes of `path`, which must be a regular file of at most [`MAX_PEM_BYTES`]. Opened
 /// non-blocking so that a FIFO in its place fails the check instead of waiting for a writer.
-fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
     let fail = |e: &dyn fmt::Display| format!("cannot read {}: {e}", path.display());
     let file = OpenOptions::new()
         .read(true)

@@ -24,12 +24,18 @@
 //! The first start of a member writes `--initial-cluster` into its state; later starts use
 //! the saved members and ignore the flag.
 //!
+//! Peer traffic is authenticated with `--cluster-secret` (`peer_auth`: a challenge–response
+//! per connection, then an HMAC per record), required as soon as a peer address is not
+//! loopback. A write is checked against `--users` roles on the node that receives it; the
+//! proposal forwarded to the leader carries no user (the leader trusts its authenticated
+//! peers).
+//!
 //! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`),
-//! snapshots and log truncation, restore of a wiped member, peer authentication (so peer
-//! addresses must be loopback), and a delayed `flush_all` on the memcached listener
-//! (refused: its timer would run outside the log).
+//! snapshots and log truncation, restore of a wiped member, and a delayed `flush_all` on
+//! the memcached listener (refused: its timer would run outside the log).
 
 mod node;
+mod peer_auth;
 pub mod proposal;
 pub mod storage;
 mod transport;
@@ -46,6 +52,7 @@ use raft::{RawNode, StateRole};
 use crate::store::decide::Inputs;
 use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp};
 use node::{Event, Node, Reply};
+use peer_auth::Secret;
 use storage::DiskStorage;
 use transport::Peer;
 
@@ -65,6 +72,8 @@ pub struct ClusterConfig {
     pub max_value_bytes: usize,
     /// `--read-consistency`.
     pub read_consistency: ReadConsistency,
+    /// `--cluster-secret`: the file of the secret that authenticates peer traffic.
+    pub secret: Option<std::path::PathBuf>,
 }
 
 /// What a read on a cluster node may see (`--read-consistency`).
@@ -114,16 +123,18 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(members)
 }
 
-fn resolve_loopback(id: u64, addr: &str) -> Result<SocketAddr, String> {
+/// Resolves member `id`'s peer address. Peer traffic crossing a network must be
+/// authenticated: an address that is not loopback needs `--cluster-secret` (`authenticated`).
+fn resolve_peer(id: u64, addr: &str, authenticated: bool) -> Result<SocketAddr, String> {
     let resolved = addr
         .to_socket_addrs()
         .map_err(|e| format!("member {id}: cannot resolve peer address {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("member {id}: peer address {addr} resolves to nothing"))?;
-    if !resolved.ip().is_loopback() {
+    if !resolved.ip().is_loopback() && !authenticated {
         return Err(format!(
-            "member {id}: peer address {addr} is not loopback; peer authentication (--cluster-secret) is \
-             not built yet, so a cluster runs on one machine only for now"
+            "member {id}: peer address {addr} is not loopback, so peer traffic must be authenticated: \
+             start every member with --cluster-secret <file> (README, Cluster)"
         ));
     }
     Ok(resolved)
@@ -214,9 +225,10 @@ impl Cluster {
         if !members.contains_key(&config.node_id) {
             return Err(format!("--node-id {} is not a member of {members:?}", config.node_id));
         }
+        let secret = config.secret.as_deref().map(Secret::load).transpose()?.map(Arc::new);
         let addrs: Vec<(u64, SocketAddr)> = members
             .iter()
-            .map(|(&id, addr)| resolve_loopback(id, addr).map(|a| (id, a)))
+            .map(|(&id, addr)| resolve_peer(id, addr, secret.is_some()).map(|a| (id, a)))
             .collect::<Result<_, _>>()?;
         if storage.initialized() {
             // CAS uniques are not in database.txt: rebuild the state from the log.
@@ -250,7 +262,8 @@ impl Cluster {
         let own = addrs.iter().find(|(id, _)| *id == config.node_id).map(|(_, a)| *a).expect("checked");
         let listener =
             TcpListener::bind(own).map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
-        log::info!("node {}: peer listener on {own}", config.node_id);
+        let auth = if secret.is_some() { "authenticated with --cluster-secret" } else { "not authenticated" };
+        log::info!("node {}: peer listener on {own} (peer traffic {auth})", config.node_id);
 
         let raft_config = raft::Config {
             id: config.node_id,
@@ -268,10 +281,10 @@ impl Cluster {
 
         let (inbox, events) = crossbeam_channel::unbounded();
         let max_frame = (64 << 20) + 2 * config.max_value_bytes;
-        transport::serve(listener, inbox.clone(), max_frame).map_err(|e| e.to_string())?;
+        transport::serve(listener, inbox.clone(), max_frame, secret.clone()).map_err(|e| e.to_string())?;
         let mut peers = HashMap::new();
         for &(id, addr) in addrs.iter().filter(|(id, _)| *id != config.node_id) {
-            peers.insert(id, Peer::start(id, addr).map_err(|e| e.to_string())?);
+            peers.insert(id, Peer::start(id, addr, secret.clone()).map_err(|e| e.to_string())?);
         }
         let status = Arc::new(Mutex::new(Status { id: config.node_id, ..Status::default() }));
         let node = Node::new(
@@ -402,7 +415,8 @@ mod tests {
         assert!(parse_members("1=a:1,1=b:2").unwrap_err().contains("twice"));
         assert!(parse_members("0=a:1").unwrap_err().contains("positive"));
         assert!(parse_members("127.0.0.1:7101").unwrap_err().contains("<id>=<host:port>"));
-        assert!(resolve_loopback(1, "127.0.0.1:7101").is_ok());
-        assert!(resolve_loopback(1, "192.0.2.1:7101").unwrap_err().contains("not loopback"));
+        assert!(resolve_peer(1, "127.0.0.1:7101", false).is_ok());
+        assert!(resolve_peer(1, "192.0.2.1:7101", false).unwrap_err().contains("--cluster-secret"));
+        assert!(resolve_peer(1, "192.0.2.1:7101", true).is_ok());
     }
 }

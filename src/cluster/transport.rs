@@ -12,27 +12,46 @@
 //! (heartbeats, appends after a rejection), so losing a message costs time, never safety.
 //! Writes to a peer time out ([`WRITE_TIMEOUT`]) so a stopped peer cannot hold its sender.
 //!
-//! No authentication yet: peer addresses must be loopback (checked at start, see `mod.rs`).
+//!
+//! With `--cluster-secret` every connection starts with `peer_auth`'s handshake and the
+//! frames travel inside its authenticated records; a connection that fails either is closed
+//! and logged (rate-limited). At most [`MAX_HANDSHAKES`] accepted connections may be in
+//! their handshake at once, each for at most `peer_auth::HANDSHAKE_TIMEOUT`, so strangers
+//! connecting to the peer port cannot pile up threads. Without a secret (allowed on an
+//! all-loopback cluster only, see `mod.rs`) the frames go bare.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
+use super::peer_auth::{self, Secret};
+
 /// Messages queued to one peer before more are dropped.
 const QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_EVERY: Duration = Duration::from_millis(200);
+/// Accepted connections that may be authenticating at once; more are closed at once.
+const MAX_HANDSHAKES: usize = 64;
 
 /// Where received messages go (the raft thread's inbox).
 pub type Inbox = Sender<super::node::Event>;
 
-/// Accepts peer connections on `listener` and forwards every message to `inbox`.
-pub fn serve(listener: TcpListener, inbox: Inbox, max_frame: usize) -> io::Result<()> {
+/// Accepts peer connections on `listener` (authenticated with `secret` if given) and
+/// forwards every message to `inbox`.
+pub fn serve(
+    listener: TcpListener,
+    inbox: Inbox,
+    max_frame: usize,
+    secret: Option<Arc<Secret>>,
+) -> io::Result<()> {
+    let handshakes = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("peer-accept".into()).spawn(move || {
         for stream in listener.incoming() {
             let stream = match stream {
@@ -43,10 +62,16 @@ pub fn serve(listener: TcpListener, inbox: Inbox, max_frame: usize) -> io::Resul
                     continue;
                 }
             };
-            let inbox = inbox.clone();
+            if secret.is_some() && handshakes.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+                let from = stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let why = format!("{MAX_HANDSHAKES} handshakes already under way");
+                peer_auth::log_refusal(&format!("connection from {from}"), &why);
+                continue;
+            }
+            let (inbox, secret, handshakes) = (inbox.clone(), secret.clone(), Arc::clone(&handshakes));
             let spawned = std::thread::Builder::new()
                 .name("peer-in".into())
-                .spawn(move || receive(stream, &inbox, max_frame));
+                .spawn(move || receive(stream, &inbox, max_frame, secret.as_deref(), &handshakes));
             if let Err(e) = spawned {
                 log::warn!("cannot start a peer connection thread: {e}");
             }
@@ -55,10 +80,38 @@ pub fn serve(listener: TcpListener, inbox: Inbox, max_frame: usize) -> io::Resul
     Ok(())
 }
 
-fn receive(stream: TcpStream, inbox: &Inbox, max_frame: usize) {
+fn receive(
+    stream: TcpStream,
+    inbox: &Inbox,
+    max_frame: usize,
+    secret: Option<&Secret>,
+    handshakes: &AtomicUsize,
+) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Refusals are logged per address (the port changes with every attempt).
+    let source =
+        format!("connection from {}", stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default());
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream);
+    let mut reader: Box<dyn Read> = match secret {
+        None => Box::new(BufReader::new(stream)),
+        Some(secret) => {
+            handshakes.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.set_read_timeout(Some(peer_auth::HANDSHAKE_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(peer_auth::HANDSHAKE_TIMEOUT));
+            let opened = peer_auth::accept(stream, secret);
+            handshakes.fetch_sub(1, Ordering::SeqCst);
+            match opened {
+                Ok(opened) => {
+                    let _ = opened.get_ref().set_read_timeout(None);
+                    Box::new(opened)
+                }
+                Err(e) => {
+                    peer_auth::log_refusal(&source, &e.to_string());
+                    return;
+                }
+            }
+        }
+    };
     loop {
         match read_frame(&mut reader, max_frame) {
             Ok(Some(message)) => {
@@ -67,6 +120,10 @@ fn receive(stream: TcpStream, inbox: &Inbox, max_frame: usize) {
                 }
             }
             Ok(None) => return,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                peer_auth::log_refusal(&source, &format!("closed: {e}"));
+                return;
+            }
             Err(e) => {
                 log::debug!("peer connection from {peer} closed: {e}");
                 return;
@@ -109,10 +166,13 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts the sender thread for the member `id` at `addr`.
-    pub fn start(id: u64, addr: SocketAddr) -> io::Result<Peer> {
+    /// Starts the sender thread for the member `id` at `addr` (authenticating with
+    /// `secret` if given).
+    pub fn start(id: u64, addr: SocketAddr, secret: Option<Arc<Secret>>) -> io::Result<Peer> {
         let (queue, rx) = crossbeam_channel::bounded(QUEUE);
-        std::thread::Builder::new().name(format!("peer-out-{id}")).spawn(move || send_loop(id, addr, &rx))?;
+        std::thread::Builder::new()
+            .name(format!("peer-out-{id}"))
+            .spawn(move || send_loop(id, addr, secret.as_deref(), &rx))?;
         Ok(Peer { queue })
     }
 
@@ -125,13 +185,23 @@ impl Peer {
     }
 }
 
-fn send_loop(id: u64, addr: SocketAddr, rx: &Receiver<Message>) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+fn send_loop(id: u64, addr: SocketAddr, secret: Option<&Secret>, rx: &Receiver<Message>) {
+    let mut conn: Option<BufWriter<Box<dyn Write>>> = None;
     let mut next_attempt = Instant::now();
     while let Ok(message) = rx.recv() {
         if conn.is_none() && Instant::now() >= next_attempt {
             next_attempt = Instant::now() + RECONNECT_EVERY;
-            conn = connect(addr).map_err(|e| log::debug!("cannot reach peer {id} at {addr}: {e}")).ok();
+            conn = match connect(addr, secret) {
+                Ok(conn) => Some(conn),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    peer_auth::log_refusal(&format!("member {id} at {addr}"), &e.to_string());
+                    None
+                }
+                Err(e) => {
+                    log::debug!("cannot reach peer {id} at {addr}: {e}");
+                    None
+                }
+            };
         }
         let Some(writer) = conn.as_mut() else { continue };
         // Send everything queued behind this message in one flush.
@@ -149,11 +219,19 @@ fn send_loop(id: u64, addr: SocketAddr, rx: &Receiver<Message>) {
     }
 }
 
-fn connect(addr: SocketAddr) -> io::Result<BufWriter<TcpStream>> {
+fn connect(addr: SocketAddr, secret: Option<&Secret>) -> io::Result<BufWriter<Box<dyn Write>>> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    Ok(BufWriter::with_capacity(64 * 1024, stream))
+    let stream: Box<dyn Write> = match secret {
+        None => Box::new(stream),
+        Some(secret) => {
+            // The only reads on this connection: the other side's half of the handshake.
+            stream.set_read_timeout(Some(peer_auth::HANDSHAKE_TIMEOUT))?;
+            Box::new(peer_auth::dial(stream, secret)?)
+        }
+    };
+    Ok(BufWriter::with_capacity(peer_auth::RECORD_MAX, stream))
 }
 
 #[cfg(test)]

@@ -61,7 +61,13 @@ impl Conn {
 /// Three members in one temporary directory, each with its own database.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Every member's real peer address, `1=127.0.0.1:port,...`.
     pub spec: String,
+    /// Member `id`'s own `--initial-cluster` at `specs[id - 1]`: `spec` unless a test routes
+    /// the links to other members through something else (a fault proxy).
+    pub specs: Vec<String>,
+    /// Flags every start of every member gets (e.g. `--cluster-secret`).
+    pub flags: Vec<String>,
     pub nodes: Vec<Option<Server>>,
 }
 
@@ -87,21 +93,42 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     panic!("no {n} free ports between 20000 and 32767");
 }
 
+/// A fresh `--initial-cluster` of [`MEMBERS`] loopback peer addresses.
+pub fn new_spec() -> String {
+    free_ports(MEMBERS)
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The peer address of member `id` in an `--initial-cluster` list.
+pub fn peer_addr(spec: &str, id: u64) -> SocketAddr {
+    let prefix = format!("{id}=");
+    let entry = spec.split(',').find_map(|e| e.strip_prefix(&prefix)).expect("member in spec");
+    entry.parse().expect("a socket address")
+}
+
 impl Cluster {
     pub fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = free_ports(MEMBERS)
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster { dir, spec, nodes: Vec::new() };
-        for id in 1..=MEMBERS as u64 {
-            let node = cluster.start_node(id);
-            cluster.nodes.push(Some(node));
-        }
+        let spec = new_spec();
+        let mut cluster = Cluster::new(spec.clone(), vec![spec; MEMBERS], Vec::new());
+        cluster.start_all();
         cluster
+    }
+
+    /// A cluster with no member started yet (see the fields for `specs` and `flags`).
+    pub fn new(spec: String, specs: Vec<String>, flags: Vec<String>) -> Cluster {
+        Cluster { dir: tempfile::tempdir().unwrap(), spec, specs, flags, nodes: Vec::new() }
+    }
+
+    /// Starts every member.
+    pub fn start_all(&mut self) {
+        for id in 1..=MEMBERS as u64 {
+            let node = self.start_node(id);
+            self.nodes.push(Some(node));
+        }
     }
 
     pub fn db(&self, id: u64) -> PathBuf {
@@ -121,12 +148,13 @@ impl Cluster {
             "--node-id",
             &id_text,
             "--initial-cluster",
-            &self.spec,
+            &self.specs[id as usize - 1],
             "--cluster-timeout",
             "5",
             "--memcached",
             "127.0.0.1:0",
         ];
+        args.extend(self.flags.iter().map(String::as_str));
         args.extend_from_slice(extra);
         Server::start(&self.db(id), &args)
     }
@@ -137,10 +165,17 @@ impl Cluster {
 
     /// Polls until every live member names the same leader and that leader says it leads.
     pub fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let live: Vec<u64> = self.live().map(|(id, _)| id).collect();
+        self.wait_for_leader_among(&live, timeout)
+    }
+
+    /// Polls until the live members `ids` name the same leader and it says it leads.
+    pub fn wait_for_leader_among(&self, ids: &[u64], timeout: Duration) -> Option<u64> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let views: Vec<(u64, Option<String>, Option<String>)> = self
                 .live()
+                .filter(|(id, _)| ids.contains(id))
                 .map(|(id, node)| {
                     let mut conn = Conn::open(node.addr);
                     (id, conn.stat("cluster_leader"), conn.stat("cluster_role"))
