@@ -305,23 +305,37 @@ impl Node {
         }
     }
 
+    /// Proposes every waiting write as one Raft message of many entries, so the leader
+    /// appends them together and sends each follower one append for all of them (a
+    /// proposal per entry would cost a message per follower per write).
     fn propose_waiting(&mut self) {
-        if self.raw.raft.leader_id == raft::INVALID_ID {
+        if self.raw.raft.leader_id == raft::INVALID_ID || self.waiting.is_empty() {
             return;
         }
-        let leading = self.raw.raft.state == StateRole::Leader;
-        while let Some((request, mut data)) = self.waiting.pop_front() {
-            if !self.pending.contains_key(&request) {
-                continue; // expired meanwhile
-            }
-            if leading {
-                restamp(&mut data, unix_now());
-            }
-            if let Err(e) = self.raw.propose(Vec::new(), data.clone()) {
-                log::debug!("proposal {request} not taken yet: {e}");
-                self.waiting.push_front((request, data));
-                return;
-            }
+        let stamp = (self.raw.raft.state == StateRole::Leader).then(unix_now);
+        let pending = &self.pending;
+        let waiting: Vec<(u64, Vec<u8>)> =
+            self.waiting.drain(..).filter(|(request, _)| pending.contains_key(request)).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgPropose);
+        message.from = self.id;
+        message.entries = waiting
+            .iter()
+            .map(|(_, data)| {
+                let mut data = data.clone();
+                if let Some(stamp) = stamp {
+                    restamp(&mut data, stamp);
+                }
+                Entry { data: data.into(), ..Default::default() }
+            })
+            .collect::<Vec<_>>()
+            .into();
+        if let Err(e) = self.raw.step(message) {
+            log::debug!("{} proposals not taken yet: {e}", waiting.len());
+            self.waiting.extend(waiting);
         }
     }
 
