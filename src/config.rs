@@ -129,6 +129,13 @@ pub struct Config {
     /// once, possibly a moment stale).
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable, value_name = "MODE")]
     pub read_consistency: ReadConsistency,
+
+    /// A cluster node snapshots its state (every item with its CAS unique, in `<db>.raft/`)
+    /// after this many log entries since its last snapshot, then drops from its Raft log the
+    /// entries before the previous snapshot: the log stays between one and two times this
+    /// long, and a member further behind than that is sent the snapshot.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub snapshot_entries: u64,
 }
 
 impl Config {
@@ -151,6 +158,9 @@ impl Config {
         }
         if self.cluster_timeout == 0 {
             return Err("--cluster-timeout must be at least 1 second".into());
+        }
+        if self.snapshot_entries == 0 {
+            return Err("--snapshot-entries must be at least 1".into());
         }
         if self.max_line_bytes() < 300 {
             return Err("--max-line-bytes must be at least 300 (a command and a 250-byte key)".into());
@@ -188,6 +198,7 @@ impl Config {
             max_value_bytes: self.max_value_bytes,
             read_consistency: self.read_consistency,
             secret: self.cluster_secret.clone(),
+            snapshot_entries: self.snapshot_entries,
         })
     }
 

@@ -16,13 +16,24 @@
 //! and the CAS uniques come from the entry's index, through [`Store::apply_committed`], so
 //! every member's `database.txt` describes the same items with the same CAS uniques.
 //!
-//! Where state lives: `<db>.raft/raft.log` (`storage`) holds the Raft log and hard state.
-//! `database.txt` stays the node's readable, replayable state, but as CAS uniques are not in
-//! it, a restarted node rebuilds its store from the Raft log: it is flushed at start and
-//! every committed entry is applied again (no snapshots yet, so the log is kept whole). The
-//! Raft log being the durable record, the store writes `database.txt` without fsyncs.
-//! The first start of a member writes `--initial-cluster` into its state; later starts use
-//! the saved members and ignore the flag.
+//! Where state lives: `<db>.raft/` (`storage`) holds the Raft log and hard state
+//! (`raft.log`) and the latest snapshot (`snapshot`). `database.txt` stays the node's
+//! readable, replayable state, but CAS uniques are not in it, so a restarted node rebuilds
+//! its store from its Raft state: from the latest snapshot (every item with its CAS unique,
+//! `snapshot`) and then the committed entries after it, or, before its first snapshot, from
+//! an empty store and the whole log. The Raft log and the snapshots being the durable
+//! record, the store writes `database.txt` without fsyncs. The first start of a member
+//! writes `--initial-cluster` into its state; later starts use the saved members and ignore
+//! the flag.
+//!
+//! Snapshots and truncation: every `--snapshot-entries` applied entries (default 10,000) the
+//! raft thread exports the store at the applied index, saves it durably (fsync of the file
+//! and the directory: the store's own file is not synced) and only then compacts the Raft
+//! log up to the *previous* snapshot, so the log holds one to two snapshots' worth of
+//! entries and a follower a little behind catches up from it. A follower further behind
+//! (or a new one) is sent the snapshot by raft-rs (`MsgSnapshot`): it saves it, replaces
+//! its log and its whole store with it, and goes on from the log. A snapshot travels in one
+//! peer frame (see `snapshot` for the size this allows).
 //!
 //! Peer traffic is authenticated with `--cluster-secret` (`peer_auth`: a challenge–response
 //! per connection, then an HMAC per record), required as soon as a peer address is not
@@ -30,13 +41,14 @@
 //! proposal forwarded to the leader carries no user (the leader trusts its authenticated
 //! peers).
 //!
-//! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`),
-//! snapshots and log truncation, restore of a wiped member, and a delayed `flush_all` on
-//! the memcached listener (refused: its timer would run outside the log).
+//! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`), restore
+//! of a wiped member, and a delayed `flush_all` on the memcached listener (refused: its
+//! timer would run outside the log).
 
 mod node;
 mod peer_auth;
 pub mod proposal;
+pub mod snapshot;
 pub mod storage;
 mod transport;
 
@@ -74,6 +86,8 @@ pub struct ClusterConfig {
     pub read_consistency: ReadConsistency,
     /// `--cluster-secret`: the file of the secret that authenticates peer traffic.
     pub secret: Option<std::path::PathBuf>,
+    /// `--snapshot-entries`: entries applied between two snapshots.
+    pub snapshot_entries: u64,
 }
 
 /// What a read on a cluster node may see (`--read-consistency`).
@@ -123,6 +137,11 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(members)
 }
 
+/// Members as `--initial-cluster` spells them (and the Raft state saves them).
+pub fn format_members(members: &BTreeMap<u64, String>) -> String {
+    members.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
+}
+
 /// Resolves member `id`'s peer address. Peer traffic crossing a network must be
 /// authenticated: an address that is not loopback needs `--cluster-secret` (`authenticated`).
 fn resolve_peer(id: u64, addr: &str, authenticated: bool) -> Result<SocketAddr, String> {
@@ -138,6 +157,46 @@ fn resolve_peer(id: u64, addr: &str, authenticated: bool) -> Result<SocketAddr, 
         ));
     }
     Ok(resolved)
+}
+
+/// Room in a peer frame for a snapshot message's own fields besides its data.
+const SNAPSHOT_FRAME_MARGIN: usize = 64 << 10;
+
+/// Rebuilds the store of a member that restarts: from its latest snapshot (which holds the
+/// CAS uniques `database.txt` lacks) if it has one, else from nothing (the whole log is
+/// applied again). Returns the index the store then holds: Raft hands over the committed
+/// entries after it.
+fn restore(config: &ClusterConfig, storage: &DiskStorage, store: &Store) -> Result<u64, String> {
+    let started = Instant::now();
+    let snapshot =
+        storage.read_snapshot().map_err(|e| format!("cannot read the snapshot of this node: {e}"))?;
+    let Some(snapshot) = snapshot else {
+        if store.stats().keys > 0 {
+            let inputs = Inputs { now: unix_now(), first_cas: 1, max_value_bytes: config.max_value_bytes };
+            store
+                .apply_committed(&[WriteOp::Flush], inputs)
+                .map_err(|e| format!("cannot reset the store to rebuild it from the Raft log: {e}"))?;
+        }
+        log::info!(
+            "node {}: Raft state loaded: {} entries, rebuilding the database from them",
+            config.node_id,
+            storage.last_index()
+        );
+        return Ok(0);
+    };
+    let index = snapshot.get_metadata().index;
+    let (_, items) =
+        snapshot::decode(&snapshot.data).map_err(|e| format!("the snapshot of this node: {e}"))?;
+    store.replace_all(items).map_err(|e| format!("cannot restore the database from the snapshot: {e}"))?;
+    log::info!(
+        "node {}: database restored from the snapshot of entry {index} ({} keys, {} ms); \
+         applying the {} entries after it",
+        config.node_id,
+        store.stats().keys,
+        started.elapsed().as_millis(),
+        storage.last_index().saturating_sub(index)
+    );
+    Ok(index)
 }
 
 /// A member's role as this node sees it.
@@ -230,20 +289,8 @@ impl Cluster {
             .iter()
             .map(|(&id, addr)| resolve_peer(id, addr, secret.is_some()).map(|a| (id, a)))
             .collect::<Result<_, _>>()?;
-        if storage.initialized() {
-            // CAS uniques are not in database.txt: rebuild the state from the log.
-            if store.stats().keys > 0 {
-                let inputs =
-                    Inputs { now: unix_now(), first_cas: 1, max_value_bytes: config.max_value_bytes };
-                store
-                    .apply_committed(&[WriteOp::Flush], inputs)
-                    .map_err(|e| format!("cannot reset the store to rebuild it from the Raft log: {e}"))?;
-            }
-            log::info!(
-                "node {}: Raft state loaded: {} entries, rebuilding the database from them",
-                config.node_id,
-                storage.last_index()
-            );
+        let applied = if storage.initialized() {
+            restore(&config, &storage, &store)?
         } else {
             if store.stats().keys > 0 {
                 return Err(format!(
@@ -252,12 +299,13 @@ impl Cluster {
                     config.db.display()
                 ));
             }
-            let text = members.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
+            let text = format_members(&members);
             storage
                 .initialize(&text, members.keys().copied().collect())
                 .map_err(|e| format!("cannot write the Raft state: {e}"))?;
             log::info!("node {}: forming a new cluster of {}", config.node_id, text);
-        }
+            0
+        };
 
         let own = addrs.iter().find(|(id, _)| *id == config.node_id).map(|(_, a)| *a).expect("checked");
         let listener =
@@ -269,7 +317,7 @@ impl Cluster {
             id: config.node_id,
             election_tick: node::ELECTION_TICKS,
             heartbeat_tick: node::HEARTBEAT_TICKS,
-            applied: 0,
+            applied,
             check_quorum: true,
             pre_vote: true,
             max_size_per_msg: 1 << 20,
@@ -277,10 +325,11 @@ impl Cluster {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        storage.set_max_snapshot_bytes(transport::max_frame(config.max_value_bytes) - SNAPSHOT_FRAME_MARGIN);
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
 
         let (inbox, events) = crossbeam_channel::unbounded();
-        let max_frame = (64 << 20) + 2 * config.max_value_bytes;
+        let max_frame = transport::max_frame(config.max_value_bytes);
         transport::serve(listener, inbox.clone(), max_frame, secret.clone()).map_err(|e| e.to_string())?;
         let mut peers = HashMap::new();
         for &(id, addr) in addrs.iter().filter(|(id, _)| *id != config.node_id) {
@@ -292,11 +341,15 @@ impl Cluster {
             config.node_id,
             store,
             peers,
-            members.into_iter().collect(),
+            members,
             events,
             Arc::clone(&status),
-            config.fsync,
-            config.max_value_bytes,
+            node::Settings {
+                fsync: config.fsync,
+                max_value_bytes: config.max_value_bytes,
+                snapshot_entries: config.snapshot_entries,
+                applied,
+            },
         );
         node.publish_status();
         std::thread::Builder::new()

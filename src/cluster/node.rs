@@ -17,19 +17,27 @@
 //! committed in time (it may still be applied: the outcome is then unknown, as after any
 //! timeout).
 //!
-//! An entry the store cannot apply (a full disk) stops applying: it is retried each tick
-//! and nothing after it is applied meanwhile, so the node never skips an entry. Raft state
+//! Snapshots: after applying, every `--snapshot-entries` entries the node saves a snapshot
+//! of its store at the applied index and compacts its Raft log behind the previous one
+//! (`maybe_snapshot`, see `mod.rs`). A `Ready` that carries a leader's snapshot is saved in
+//! `storage` before anything else and installed in the store (replacing its whole state)
+//! before any entry after it is applied. As leader, a snapshot a follower has not taken
+//! within `SNAPSHOT_ANSWER_TIMEOUT` is reported failed, so raft-rs sends it again.
+//!
+//! An entry (or a snapshot) the store cannot apply (a full disk) stops applying: it is
+//! retried each tick and nothing after it is applied meanwhile, so the node never skips an
+//! entry. Raft state
 //! that cannot be written stops the process: a node that cannot keep its votes must not
 //! vote.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::proposal::{restamp, Proposal};
 use super::storage::DiskStorage;
@@ -52,6 +60,20 @@ pub const CAS_SHIFT: u32 = 16;
 /// A read fence waiting to be answered: `Ok` once this node has applied everything that
 /// was committed when the fence was confirmed by a majority.
 pub(crate) type FenceReply = Result<(), StoreError>;
+
+/// A snapshot sent to a follower that has not answered for it in this long is reported
+/// failed, so that Raft sends it again (a dropped message would otherwise leave the follower
+/// waiting for ever: Raft sends nothing else to a member it is sending a snapshot to).
+const SNAPSHOT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node's settings, from `ClusterConfig`.
+pub struct Settings {
+    pub fsync: FsyncPolicy,
+    pub max_value_bytes: usize,
+    pub snapshot_entries: u64,
+    /// The index the store holds at start (its snapshot's, or 0).
+    pub applied: u64,
+}
 
 /// What the raft thread is asked to do.
 pub enum Event {
@@ -168,7 +190,8 @@ pub struct Node {
     boot: u64,
     store: Arc<Store>,
     peers: HashMap<u64, Peer>,
-    addrs: Vec<(u64, String)>,
+    /// Every member's peer address.
+    addrs: BTreeMap<u64, String>,
     inbox: Receiver<Event>,
     status: Arc<Mutex<Status>>,
     fsync: FsyncPolicy,
@@ -178,8 +201,14 @@ pub struct Node {
     fences: Fences,
     /// Encoded proposals waiting for a leader, oldest first.
     waiting: VecDeque<(u64, Vec<u8>)>,
+    /// A leader's snapshot saved in the Raft state but not yet installed in the store (a
+    /// full disk): installed before any entry after it is applied.
+    installing: Option<Snapshot>,
     /// Committed entries not yet applied (normally empty between iterations).
     to_apply: VecDeque<Entry>,
+    snapshot_entries: u64,
+    /// Followers sent a snapshot, and when.
+    snapshots_sent: HashMap<u64, Instant>,
     applied: u64,
     apply_failing: bool,
     last_contact: HashMap<u64, Instant>,
@@ -195,11 +224,10 @@ impl Node {
         id: u64,
         store: Arc<Store>,
         peers: HashMap<u64, Peer>,
-        addrs: Vec<(u64, String)>,
+        addrs: BTreeMap<u64, String>,
         inbox: Receiver<Event>,
         status: Arc<Mutex<Status>>,
-        fsync: FsyncPolicy,
-        max_value_bytes: usize,
+        settings: Settings,
     ) -> Node {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -215,14 +243,17 @@ impl Node {
             addrs,
             inbox,
             status,
-            fsync,
-            max_value_bytes,
+            fsync: settings.fsync,
+            max_value_bytes: settings.max_value_bytes,
             next_request: 1,
             pending: HashMap::new(),
             fences: Fences::default(),
             waiting: VecDeque::new(),
+            installing: None,
             to_apply: VecDeque::new(),
-            applied: 0,
+            snapshot_entries: settings.snapshot_entries,
+            snapshots_sent: HashMap::new(),
+            applied: settings.applied,
             apply_failing: false,
             last_contact,
             silent: Vec::new(),
@@ -252,6 +283,7 @@ impl Node {
                 self.raw.tick();
                 next_tick = now + TICK;
                 self.watch_members(now);
+                self.watch_snapshots(now);
                 self.expire(now);
                 if self.apply_failing {
                     self.apply_queue();
@@ -362,8 +394,18 @@ impl Node {
         self.fences.expire(now, why);
     }
 
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let meta = message.get_snapshot().get_metadata();
+                log::info!(
+                    "sending member {} the snapshot of entry {} ({} bytes)",
+                    message.to,
+                    meta.index,
+                    message.get_snapshot().data.len()
+                );
+                self.snapshots_sent.insert(message.to, Instant::now());
+            }
             match self.peers.get(&message.to) {
                 Some(peer) => peer.send(message),
                 None => log::debug!("raft message for unknown member {}", message.to),
@@ -380,6 +422,19 @@ impl Node {
             self.send(ready.take_messages());
         }
         self.fences.confirm(ready.read_states());
+        if !ready.snapshot().is_empty() {
+            // A leader's snapshot replaces this node's log and state: saved first (so a
+            // restart finds it), installed in the store before the entries after it.
+            let snapshot = ready.snapshot().clone();
+            self.raw.mut_store().install_snapshot(&snapshot)?;
+            log::info!(
+                "received the snapshot of entry {} ({} bytes)",
+                snapshot.get_metadata().index,
+                snapshot.data.len()
+            );
+            self.to_apply.clear();
+            self.installing = Some(snapshot);
+        }
         self.to_apply.extend(ready.take_committed_entries());
         let storage = self.raw.mut_store();
         storage.append(ready.entries())?;
@@ -395,11 +450,22 @@ impl Node {
         self.send(light.take_messages());
         self.to_apply.extend(light.take_committed_entries());
         self.apply_queue();
-        Ok(())
+        self.maybe_snapshot()
     }
 
-    /// Applies committed entries in order until one fails.
+    /// Installs a received snapshot in the store, then applies committed entries in order,
+    /// until one fails.
     fn apply_queue(&mut self) {
+        if let Some(snapshot) = self.installing.take() {
+            if let Err(e) = self.install(&snapshot) {
+                if !self.apply_failing {
+                    log::error!("cannot install the snapshot ({e}); retrying every tick");
+                    self.apply_failing = true;
+                }
+                self.installing = Some(snapshot);
+                return;
+            }
+        }
         while let Some(entry) = self.to_apply.pop_front() {
             match self.apply(&entry) {
                 Ok(()) => {
@@ -426,6 +492,82 @@ impl Node {
             self.raw.advance_apply_to(self.applied);
         }
         self.fences.release(self.applied);
+    }
+
+    fn install(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let index = snapshot.get_metadata().index;
+        // A snapshot this binary cannot read is corruption: every later entry depends on it.
+        let (_, items) = super::snapshot::decode(&snapshot.data)
+            .map_err(|e| StoreError::Io(format!("the snapshot of entry {index}: {e}")))?;
+        self.store.replace_all(items)?;
+        self.applied = index;
+        if self.apply_failing {
+            log::info!("snapshot installed: applying committed entries again");
+            self.apply_failing = false;
+        }
+        log::info!(
+            "installed the snapshot of entry {index}: {} keys in {} ms",
+            self.store.stats().keys,
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// Every `--snapshot-entries` applied entries: saves a snapshot of the store at the
+    /// applied index (durably), then compacts the Raft log up to the previous snapshot, so
+    /// a follower a little behind still catches up from the log.
+    fn maybe_snapshot(&mut self) -> std::io::Result<()> {
+        let previous = self.raw.store().snapshot_index();
+        if self.installing.is_some() || self.applied < previous + self.snapshot_entries {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let index = self.applied;
+        let term = self.raw.store().term(index).map_err(std::io::Error::other)?;
+        let members = super::format_members(&self.addrs);
+        let mut snapshot = Snapshot::default();
+        snapshot.data = super::snapshot::encode(&members, &self.store.export_items()).into();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let storage = self.raw.mut_store();
+        storage.save_snapshot(&snapshot)?;
+        let saved = started.elapsed();
+        let before = storage.log_bytes();
+        storage.compact_to(previous)?;
+        log::info!(
+            "snapshot of entry {index} saved ({} bytes, {} ms); Raft log compacted up to entry {previous}: \
+             {before} -> {} bytes ({} ms in all)",
+            snapshot.data.len(),
+            saved.as_millis(),
+            storage.log_bytes(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// As leader, reports a snapshot a follower never answered as failed, so Raft sends it
+    /// again.
+    fn watch_snapshots(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.snapshots_sent.clear();
+            return;
+        }
+        let prs = self.raw.raft.prs();
+        let mut failed = Vec::new();
+        self.snapshots_sent.retain(|id, sent| {
+            let waiting = prs.get(*id).is_some_and(|p| p.state == ProgressState::Snapshot);
+            if waiting && now.duration_since(*sent) > SNAPSHOT_ANSWER_TIMEOUT {
+                failed.push(*id);
+            }
+            waiting && !failed.contains(id)
+        });
+        for id in failed {
+            log::warn!("member {id} did not take its snapshot in time: sending it again");
+            self.raw.report_snapshot(id, SnapshotStatus::Failure);
+        }
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), StoreError> {

@@ -1,42 +1,53 @@
-//! The node's Raft state on disk: `<db>.raft/raft.log`, one append-only file of records.
+//! The node's Raft state on disk, in `<db>.raft/`: `raft.log`, one append-only file of
+//! records, and `snapshot`, the latest snapshot of the applied state.
 //!
 //! ```text
 //! record  = kind:u8  len:u32 LE  crc32(payload):u32 LE  payload[len]
-//! kind    'M'  members: the `--initial-cluster` text this node was formed with
+//! kind    'M'  members: `<id>=<peer-addr>,...`, every member's address (`--initial-cluster`
+//!              on the first start, then rewritten as members come and go)
 //!         'C'  conf state (protobuf `ConfState`): who votes
 //!         'H'  hard state (protobuf `HardState`): term, vote, commit
+//!         'T'  the log starts after index:u64 LE of term:u64 LE (written at the head of a
+//!              compacted file, and when a snapshot from the leader replaces the log)
 //!         'E'  one log entry (protobuf `Entry`)
+//!         'S'  (the `snapshot` file's only record) protobuf `Snapshot`: index, term and
+//!              conf state of the last entry it covers, and the data (`cluster::snapshot`)
 //! ```
 //!
-//! Loading replays the file: the last `M`, `C` and `H` win; an `E` whose index is at or below
-//! the last one loaded replaces the log from that index on (Raft overwrote a tail that a new
-//! leader never had), so a truncation is just another append. Everything Raft asks to keep is
-//! appended and, with `--fsync always`, fdatasync'ed before the messages that depend on it
-//! leave the node (see `node`); `everysec` syncs about once a second and `never` leaves it to
-//! the OS — a power loss can then take back a vote, which Raft's safety does not allow for,
-//! so a cluster that must survive power loss runs `always`.
+//! Loading replays the file: the last `M`, `C` and `H` win; a `T` empties the log; an `E`
+//! whose index is at or below the last one loaded replaces the log from that index on (Raft
+//! overwrote a tail that a new leader never had), so a truncation is just another append.
+//! Everything Raft asks to keep is appended and, with `--fsync always`, fdatasync'ed before
+//! the messages that depend on it leave the node (see `node`); `everysec` syncs about once a
+//! second and `never` leaves it to the OS — a power loss can then take back a vote, which
+//! Raft's safety does not allow for, so a cluster that must survive power loss runs `always`.
 //!
 //! A record cut by a crash at the end of the file (short, or with a bad checksum) is cut off
 //! at start with a warning: it was never synced, so nothing depended on it. A bad record
 //! before the end is corruption and stops the start.
 //!
-//! Simplification for now: no snapshots and no log compaction. Every entry stays in the file
-//! and in memory (`first_index` is always 1), and the node's database is rebuilt from the
-//! whole log at each start (see `mod.rs`).
+//! Snapshots and compaction: a snapshot is written to `snapshot.tmp`, fsynced, renamed over
+//! `snapshot` and the directory fsynced ([`DiskStorage::save_snapshot`]) before anything
+//! relies on it. Only then may the log be compacted behind it ([`DiskStorage::compact_to`]):
+//! the kept state (`M`, `C`, `H`, a `T` and the entries after the compaction point) goes to
+//! `raft.log.tmp`, fsynced and renamed over `raft.log` the same way, so a crash leaves one
+//! whole file or the other. A snapshot newer than the log (a crash between installing a
+//! leader's snapshot and writing its `T`) wins at load: the log is emptied up to it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::store::FsyncPolicy;
 
 const HEADER: usize = 9;
 
-/// Records larger than this are corruption (an entry holds at most a few batches of values).
+/// Records larger than this are corruption (an entry holds at most a few batches of values;
+/// a snapshot at most what one peer frame carries).
 const MAX_RECORD: usize = 1 << 30;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -44,28 +55,65 @@ enum Kind {
     Members = b'M' as isize,
     Conf = b'C' as isize,
     Hard = b'H' as isize,
+    Start = b'T' as isize,
     Entry = b'E' as isize,
+    Snapshot = b'S' as isize,
 }
 
 impl Kind {
     fn from_byte(b: u8) -> Option<Kind> {
-        [Kind::Members, Kind::Conf, Kind::Hard, Kind::Entry].into_iter().find(|k| *k as u8 == b)
+        [Kind::Members, Kind::Conf, Kind::Hard, Kind::Start, Kind::Entry, Kind::Snapshot]
+            .into_iter()
+            .find(|k| *k as u8 == b)
     }
 }
 
-/// The Raft state of this node, in memory and in its file. Raft (`raw_node`) reads it
+/// One record's bytes.
+fn record(kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    record.push(kind as u8);
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
+fn start_payload(index: u64, term: u64) -> [u8; 16] {
+    let mut payload = [0; 16];
+    payload[..8].copy_from_slice(&index.to_le_bytes());
+    payload[8..].copy_from_slice(&term.to_le_bytes());
+    payload
+}
+
+fn encode(message: &impl protobuf::Message) -> io::Result<Vec<u8>> {
+    message.write_to_bytes().map_err(io::Error::other)
+}
+
+/// The Raft state of this node, in memory and in its files. Raft (`raw_node`) reads it
 /// through [`raft::Storage`]; the raft thread writes it.
 pub struct DiskStorage {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
     fsync: FsyncPolicy,
     /// Appended since the last fdatasync.
     dirty: bool,
+    /// Bytes in `raft.log`.
+    file_len: u64,
     members: Option<String>,
     conf: ConfState,
     hard: HardState,
-    /// Entries 1..=len (no compaction yet).
+    /// The log holds the entries after this index (0 until the first compaction), whose
+    /// term is `offset_term`.
+    offset: u64,
+    offset_term: u64,
+    /// Entries `offset + 1 ..= offset + len`.
     entries: Vec<Entry>,
+    /// The saved snapshot's index, term and conf state (index 0: none); its data stays in
+    /// the `snapshot` file until a follower needs it.
+    snapshot: SnapshotMetadata,
+    /// Largest snapshot sent to a follower (what one peer frame carries).
+    max_snapshot_bytes: usize,
 }
 
 impl DiskStorage {
@@ -77,6 +125,13 @@ impl DiskStorage {
         if created {
             sync_parent(&dir)?;
         }
+        for stale in ["raft.log.tmp", "snapshot.tmp"] {
+            match fs::remove_file(dir.join(stale)) {
+                Ok(()) => log::warn!("removed {} left by an interrupted write", dir.join(stale).display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         let path = dir.join("raft.log");
         let existed = path.exists();
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
@@ -86,14 +141,20 @@ impl DiskStorage {
         }
         let bytes = fs::read(&path)?;
         let mut storage = DiskStorage {
+            dir: dir.clone(),
             path: path.clone(),
             file: file.try_clone()?,
             fsync,
             dirty: false,
+            file_len: bytes.len() as u64,
             members: None,
             conf: ConfState::default(),
             hard: HardState::default(),
+            offset: 0,
+            offset_term: 0,
             entries: Vec::new(),
+            snapshot: SnapshotMetadata::default(),
+            max_snapshot_bytes: usize::MAX,
         };
         let good = storage.replay(&bytes)?;
         if good < bytes.len() as u64 {
@@ -105,8 +166,12 @@ impl DiskStorage {
             );
             file.set_len(good)?;
             file.sync_all()?;
+            storage.file_len = good;
         }
         file.flush()?;
+        if let Some(snapshot) = storage.read_snapshot()? {
+            storage.adopt_snapshot(snapshot.get_metadata().clone());
+        }
         Ok(storage)
     }
 
@@ -114,82 +179,113 @@ impl DiskStorage {
     fn replay(&mut self, bytes: &[u8]) -> io::Result<u64> {
         let mut at = 0;
         while at < bytes.len() {
-            let Some(header) = bytes.get(at..at + HEADER) else { break };
-            let kind = Kind::from_byte(header[0]);
-            let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            let crc = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
-            let end = at + HEADER + len;
-            let whole = len <= MAX_RECORD && end <= bytes.len();
-            let sound = whole && kind.is_some() && crc32fast::hash(&bytes[at + HEADER..end]) == crc;
-            if !sound {
-                // Torn only if nothing sound could follow: a record reaching past the end, or
-                // a bad final record.
-                if !whole || end == bytes.len() {
-                    break;
-                }
-                return Err(corrupt(&self.path, at, "bad checksum or record kind"));
-            }
-            let payload = &bytes[at + HEADER..end];
+            let Some((kind, payload, end)) = next_record(bytes, at, &self.path)? else { break };
             let bad = |what: &str| corrupt(&self.path, at, what);
             match kind {
-                Some(Kind::Members) => {
+                Kind::Members => {
                     self.members = Some(String::from_utf8(payload.to_vec()).map_err(|_| bad("members"))?)
                 }
-                Some(Kind::Conf) => {
-                    self.conf = ConfState::parse_from_bytes(payload).map_err(|_| bad("conf"))?
+                Kind::Conf => self.conf = ConfState::parse_from_bytes(payload).map_err(|_| bad("conf"))?,
+                Kind::Hard => self.hard = HardState::parse_from_bytes(payload).map_err(|_| bad("hard"))?,
+                Kind::Start => {
+                    let number = |range: std::ops::Range<usize>| {
+                        payload.get(range).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+                    };
+                    let (Some(index), Some(term)) = (number(0..8), number(8..16)) else {
+                        return Err(bad("log start"));
+                    };
+                    self.reset_log(index, term);
                 }
-                Some(Kind::Hard) => {
-                    self.hard = HardState::parse_from_bytes(payload).map_err(|_| bad("hard"))?
-                }
-                Some(Kind::Entry) => {
+                Kind::Entry => {
                     let entry = Entry::parse_from_bytes(payload).map_err(|_| bad("entry"))?;
-                    if entry.index == 0 || entry.index > self.entries.len() as u64 + 1 {
+                    if entry.index <= self.offset || entry.index > self.last_index() + 1 {
                         return Err(bad("entry index out of sequence"));
                     }
-                    self.entries.truncate(entry.index as usize - 1);
+                    self.entries.truncate((entry.index - self.offset - 1) as usize);
                     self.entries.push(entry);
                 }
-                None => unreachable!("checked as sound"),
+                Kind::Snapshot => return Err(bad("a snapshot record in the log")),
             }
             at = end;
         }
         Ok(at as u64)
     }
 
-    /// Whether this node has been formed (its first start wrote the members and voters).
+    /// Takes the saved snapshot's metadata; if the log does not reach it with the same term
+    /// (a crash right after a leader's snapshot was saved), the snapshot wins.
+    fn adopt_snapshot(&mut self, meta: SnapshotMetadata) {
+        if meta.index > self.offset && self.term_of(meta.index) != Some(meta.term) {
+            self.reset_log(meta.index, meta.term);
+            self.conf = meta.get_conf_state().clone();
+        }
+        // It covers committed entries only (a commit index not yet synced may lag it).
+        self.hard.commit = self.hard.commit.max(meta.index);
+        self.snapshot = meta;
+    }
+
+    fn reset_log(&mut self, index: u64, term: u64) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    fn term_of(&self, index: u64) -> Option<u64> {
+        if index == self.offset {
+            return Some(self.offset_term);
+        }
+        let at = index.checked_sub(self.offset + 1)?;
+        self.entries.get(at as usize).map(|e| e.term)
+    }
+
+    /// Whether this node has been formed (its first start, or the snapshot that made it a
+    /// member, wrote the members and voters).
     pub fn initialized(&self) -> bool {
         self.members.is_some() && !self.conf.voters.is_empty()
     }
 
-    /// The `--initial-cluster` text the node was formed with.
+    /// Every member's peer address, `<id>=<addr>,...`, as last saved.
     pub fn members(&self) -> Option<&str> {
         self.members.as_deref()
     }
 
     /// First start: records the members and the voters, durably.
     pub fn initialize(&mut self, members: &str, voters: Vec<u64>) -> io::Result<()> {
-        let conf = ConfState { voters, ..Default::default() };
-        self.append_record(Kind::Members, members.as_bytes())?;
-        self.append_record(Kind::Conf, &conf.write_to_bytes().map_err(io::Error::other)?)?;
-        self.members = Some(members.to_string());
-        self.conf = conf;
-        self.file.sync_data()?;
-        self.dirty = false;
+        self.set_members(members)?;
+        self.set_conf(&ConfState { voters, ..Default::default() })?;
+        self.sync_if_dirty()
+    }
+
+    /// Records the members' addresses (synced with the next `persist`).
+    pub fn set_members(&mut self, members: &str) -> io::Result<()> {
+        if self.members.as_deref() != Some(members) {
+            self.append_record(Kind::Members, members.as_bytes())?;
+            self.members = Some(members.to_string());
+        }
+        Ok(())
+    }
+
+    /// Records who votes after a configuration change (synced with the next `persist`).
+    pub fn set_conf(&mut self, conf: &ConfState) -> io::Result<()> {
+        if *conf != self.conf {
+            self.append_record(Kind::Conf, &encode(conf)?)?;
+            self.conf = conf.clone();
+        }
         Ok(())
     }
 
     /// Appends `entries` (replacing any tail from the first one's index on).
     pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
         for entry in entries {
-            let at = entry.index as usize;
-            if at == 0 || at > self.entries.len() + 1 {
+            if entry.index <= self.offset || entry.index > self.last_index() + 1 {
                 return Err(io::Error::other(format!(
-                    "raft appended entry {at} after {}: not continuous",
-                    self.entries.len()
+                    "raft appended entry {} to a log of {}..={}: not continuous",
+                    entry.index,
+                    self.offset + 1,
+                    self.last_index()
                 )));
             }
-            self.append_record(Kind::Entry, &entry.write_to_bytes().map_err(io::Error::other)?)?;
-            self.entries.truncate(at - 1);
+            self.append_record(Kind::Entry, &encode(entry)?)?;
+            self.entries.truncate((entry.index - self.offset - 1) as usize);
             self.entries.push(entry.clone());
         }
         Ok(())
@@ -197,7 +293,7 @@ impl DiskStorage {
 
     pub fn set_hard_state(&mut self, hard: &HardState) -> io::Result<()> {
         if *hard != self.hard {
-            self.append_record(Kind::Hard, &hard.write_to_bytes().map_err(io::Error::other)?)?;
+            self.append_record(Kind::Hard, &encode(hard)?)?;
             self.hard = hard.clone();
         }
         Ok(())
@@ -213,9 +309,8 @@ impl DiskStorage {
     /// Makes what was appended durable, as `--fsync always` asks, before Raft's messages that
     /// depend on it are sent.
     pub fn persist(&mut self) -> io::Result<()> {
-        if self.dirty && self.fsync == FsyncPolicy::Always {
-            self.file.sync_data()?;
-            self.dirty = false;
+        if self.fsync == FsyncPolicy::Always {
+            self.sync_if_dirty()?;
         }
         Ok(())
     }
@@ -230,18 +325,140 @@ impl DiskStorage {
     }
 
     fn append_record(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
-        let mut record = Vec::with_capacity(HEADER + payload.len());
-        record.push(kind as u8);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
+        let record = record(kind, payload);
         self.file.write_all(&record)?;
+        self.file_len += record.len() as u64;
         self.dirty = true;
         Ok(())
     }
 
     pub fn last_index(&self) -> u64 {
-        self.entries.len() as u64
+        self.offset + self.entries.len() as u64
+    }
+
+    /// Index of the last entry the saved snapshot covers (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.index
+    }
+
+    /// Bytes in `raft.log` now.
+    pub fn log_bytes(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Snapshots larger than this are not sent to a follower (see `snapshot`).
+    pub fn set_max_snapshot_bytes(&mut self, max: usize) {
+        self.max_snapshot_bytes = max;
+    }
+
+    /// The saved snapshot, data included, if there is one.
+    pub fn read_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        let path = self.dir.join("snapshot");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = |what: &str| corrupt(&path, 0, what);
+        match next_record(&bytes, 0, &path)? {
+            Some((Kind::Snapshot, payload, end)) if end == bytes.len() => {
+                Snapshot::parse_from_bytes(payload).map(Some).map_err(|_| bad("snapshot"))
+            }
+            _ => Err(bad("not one whole snapshot record")),
+        }
+    }
+
+    /// Writes `snapshot` as the saved one, durably (temporary file, fsync, rename, directory
+    /// fsync), before anything may rely on it.
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let temp = self.dir.join("snapshot.tmp");
+        replace_durably(&temp, &self.dir.join("snapshot"), &record(Kind::Snapshot, &encode(snapshot)?))?;
+        self.snapshot = snapshot.get_metadata().clone();
+        Ok(())
+    }
+
+    /// A leader's snapshot replaces this node's log: saved durably, then the log restarts
+    /// after it, with its voters, and the commit index reaches it.
+    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        self.save_snapshot(snapshot)?;
+        let meta = snapshot.get_metadata();
+        self.append_record(Kind::Start, &start_payload(meta.index, meta.term))?;
+        self.reset_log(meta.index, meta.term);
+        self.set_conf(meta.get_conf_state())?;
+        if self.hard.commit < meta.index {
+            self.set_commit(meta.index)?;
+        }
+        self.sync_if_dirty()
+    }
+
+    /// Drops the entries up to `index` (at most the saved snapshot's): `raft.log` is
+    /// rewritten with the rest, durably, and replaces the old file.
+    pub fn compact_to(&mut self, index: u64) -> io::Result<()> {
+        if index <= self.offset {
+            return Ok(());
+        }
+        if index > self.snapshot.index || index > self.last_index() {
+            return Err(io::Error::other(format!(
+                "cannot compact the Raft log to {index}: the snapshot covers {} and the log ends at {}",
+                self.snapshot.index,
+                self.last_index()
+            )));
+        }
+        let term = self.term_of(index).expect("index is in the log");
+        let keep = &self.entries[(index - self.offset) as usize..];
+        let mut out = Vec::new();
+        if let Some(members) = &self.members {
+            out.extend(record(Kind::Members, members.as_bytes()));
+        }
+        out.extend(record(Kind::Conf, &encode(&self.conf)?));
+        out.extend(record(Kind::Hard, &encode(&self.hard)?));
+        out.extend(record(Kind::Start, &start_payload(index, term)));
+        for entry in keep {
+            out.extend(record(Kind::Entry, &encode(entry)?));
+        }
+        replace_durably(&self.dir.join("raft.log.tmp"), &self.path, &out)?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file_len = out.len() as u64;
+        self.dirty = false;
+        self.entries.drain(..(index - self.offset) as usize);
+        self.offset = index;
+        self.offset_term = term;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `temp`, fsyncs it, renames it over `path` and fsyncs the directory.
+fn replace_durably(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(temp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    written?;
+    sync_parent(path)
+}
+
+/// The record at `at`: `None` if it is torn (reaches past the end, or is the bad last one),
+/// an error if a bad record is followed by more.
+fn next_record<'a>(bytes: &'a [u8], at: usize, path: &Path) -> io::Result<Option<(Kind, &'a [u8], usize)>> {
+    let Some(header) = bytes.get(at..at + HEADER) else { return Ok(None) };
+    let kind = Kind::from_byte(header[0]);
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let crc = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+    let end = at + HEADER + len;
+    let whole = len <= MAX_RECORD && end <= bytes.len();
+    match kind {
+        Some(kind) if whole && crc32fast::hash(&bytes[at + HEADER..end]) == crc => {
+            Ok(Some((kind, &bytes[at + HEADER..end], end)))
+        }
+        // Torn only if nothing sound could follow: a record reaching past the end, or a bad
+        // final record.
+        _ if !whole || end == bytes.len() => Ok(None),
+        _ => Err(corrupt(path, at, "bad checksum or record kind")),
     }
 }
 
@@ -282,33 +499,53 @@ impl raft::Storage for DiskStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low == 0 {
+        if low <= self.offset {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        let range = self.entries.get(low as usize - 1..high as usize - 1).ok_or_else(unavailable)?;
+        let (from, to) = ((low - self.offset - 1) as usize, (high - self.offset - 1) as usize);
+        let range = self.entries.get(from..to).ok_or_else(unavailable)?;
         let mut entries = range.to_vec();
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        match index {
-            0 => Ok(0),
-            _ => self.entries.get(index as usize - 1).map(|e| e.term).ok_or_else(unavailable),
+        if index < self.offset {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
+        self.term_of(index).ok_or_else(unavailable)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.offset + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Never asked for while the log is never compacted (every follower can be sent entries).
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// The saved snapshot, for a follower too far behind for the log. One that a peer frame
+    /// cannot carry is refused with an error in the log (Raft then retries later).
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let temporarily = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let snapshot = match self.read_snapshot() {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return Err(temporarily()),
+            Err(e) => {
+                log::error!("cannot read the snapshot for member {to}: {e}");
+                return Err(temporarily());
+            }
+        };
+        if snapshot.data.len() > self.max_snapshot_bytes {
+            log::error!(
+                "member {to} needs a snapshot, but it is {} bytes and a peer frame carries at most {}: \
+                 the database is too large to send",
+                snapshot.data.len(),
+                self.max_snapshot_bytes
+            );
+            return Err(temporarily());
+        }
+        Ok(snapshot)
     }
 }
 
@@ -381,5 +618,87 @@ mod tests {
         fs::write(&log, &damaged).unwrap();
         let err = DiskStorage::open(&db, FsyncPolicy::Always).err().expect("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    fn snapshot_at(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
+        let mut snapshot = Snapshot { data: data.to_vec().into(), ..Default::default() };
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(ConfState { voters, ..Default::default() });
+        snapshot
+    }
+
+    #[test]
+    fn compaction_keeps_the_entries_after_the_snapshot_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("database.txt");
+        let mut s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        s.initialize("1=127.0.0.1:1,2=127.0.0.1:2", vec![1, 2]).unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 8, format!("e{i}").as_bytes())).collect();
+        s.append(&entries).unwrap();
+        s.set_hard_state(&hard(2, 1, 10)).unwrap();
+        s.persist().unwrap();
+        // No compaction past the snapshot: the entries would be lost.
+        assert!(s.compact_to(3).is_err());
+        s.save_snapshot(&snapshot_at(8, 2, vec![1, 2], b"state at 8")).unwrap();
+        let before = s.log_bytes();
+        s.compact_to(6).unwrap();
+        assert!(s.log_bytes() < before, "{} !< {before}", s.log_bytes());
+        assert_eq!(s.log_bytes(), fs::metadata(state_dir(&db).join("raft.log")).unwrap().len());
+        let check = |s: &DiskStorage| {
+            assert_eq!((s.first_index().unwrap(), s.last_index()), (7, 10));
+            assert_eq!(s.term(6).unwrap(), 1, "the compaction point keeps its term");
+            assert_eq!(s.term(5), Err(raft::Error::Store(StorageError::Compacted)));
+            let ctx = GetEntriesContext::empty(false);
+            assert_eq!(s.entries(5, 8, None, ctx), Err(raft::Error::Store(StorageError::Compacted)));
+            let ctx = GetEntriesContext::empty(false);
+            assert_eq!(s.entries(7, 11, None, ctx).unwrap(), entries[6..].to_vec());
+            assert_eq!(s.snapshot_index(), 8);
+            let snapshot = s.snapshot(0, 2).unwrap();
+            assert_eq!((snapshot.get_metadata().index, &snapshot.data[..]), (8, &b"state at 8"[..]));
+            assert_eq!(s.initial_state().unwrap().hard_state, hard(2, 1, 10));
+            assert_eq!(s.members(), Some("1=127.0.0.1:1,2=127.0.0.1:2"));
+        };
+        check(&s);
+        drop(s);
+        let mut s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        check(&s);
+        // Appending goes on after a compaction, and a snapshot too big to send is not sent.
+        s.append(&[entry(11, 2, b"e11")]).unwrap();
+        s.persist().unwrap();
+        s.set_max_snapshot_bytes(4);
+        assert_eq!(s.snapshot(0, 2), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)));
+        drop(s);
+        assert_eq!(DiskStorage::open(&db, FsyncPolicy::Always).unwrap().last_index(), 11);
+    }
+
+    #[test]
+    fn a_leaders_snapshot_replaces_the_log_and_wins_over_a_log_that_does_not_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("database.txt");
+        let mut s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        s.set_members("1=127.0.0.1:1").unwrap();
+        s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+        s.install_snapshot(&snapshot_at(20, 3, vec![1, 2, 3], b"state at 20")).unwrap();
+        assert!(s.initialized(), "the snapshot's voters make it a member");
+        s.append(&[entry(21, 3, b"next")]).unwrap();
+        s.persist().unwrap();
+        drop(s);
+        let s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index(), s.term(20).unwrap()), (21, 21, 3));
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 20);
+        drop(s);
+
+        // A crash after the snapshot file was saved but before the log was reset: the
+        // snapshot (of committed entries) wins over the log that does not reach it.
+        let mut s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        s.save_snapshot(&snapshot_at(30, 4, vec![1, 2], b"state at 30")).unwrap();
+        drop(s);
+        let s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index()), (31, 30));
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 30);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2]);
     }
 }

@@ -40,6 +40,11 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 /// Accepted connections that may be authenticating at once; more are closed at once.
 const MAX_HANDSHAKES: usize = 64;
 
+/// The largest frame a node accepts: a batch of values in an entry, or a snapshot.
+pub fn max_frame(max_value_bytes: usize) -> usize {
+    (64 << 20) + 2 * max_value_bytes
+}
+
 /// Where received messages go (the raft thread's inbox).
 pub type Inbox = Sender<super::node::Event>;
 

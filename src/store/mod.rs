@@ -11,7 +11,8 @@
 //! Modules: `decide` (what a batch does), `writer` (the write group and what the write lock
 //! protects), `logfile` (appending, fsync, cut-back, refusal), `format` (one record per line),
 //! `recovery` (start-up replay), `compaction`, `index` (the in-memory map), `cut`, `reserve`
-//! and `files` (small file-system rules).
+//! and `files` (small file-system rules), `snapshot` (every item with its CAS unique, for a
+//! replicated store's Raft snapshots).
 
 mod compaction;
 mod cut;
@@ -25,6 +26,7 @@ mod logfile;
 mod power_loss;
 pub mod recovery;
 mod reserve;
+pub mod snapshot;
 mod writer;
 
 use std::fmt;
@@ -571,6 +573,21 @@ impl Store {
         inputs: decide::Inputs,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         self.writer.apply_committed(ops, inputs)
+    }
+
+    /// Every item with its CAS unique, expired ones included, at one point between two
+    /// writes, in the `snapshot` format: what a cluster node's Raft snapshot holds.
+    pub fn export_items(&self) -> Vec<u8> {
+        self.writer.export_items()
+    }
+
+    /// Replaces the whole state with the items of a `snapshot` copy (a cluster node
+    /// installing a Raft snapshot): the copy is decoded whole first, then written as the new
+    /// log (fsynced and renamed into place, like a compaction) and made the index. On `Err`
+    /// nothing changed.
+    pub fn replace_all(&self, items: &[u8]) -> Result<(), StoreError> {
+        let items = snapshot::decode_items(items).map_err(|e| StoreError::Io(e.to_string()))?;
+        self.writer.replace_all(items)
     }
 
     /// Rewrites the log to hold only live items; returns when the new log is in place. Writes

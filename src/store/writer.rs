@@ -39,6 +39,7 @@ use super::format::{
 };
 use super::logfile::{LogFile, SyncTarget};
 use super::reserve::Reserve;
+use super::snapshot::Items;
 use super::{unix_now, FsyncPolicy, Shared, StoreConfig, StoreError, WriteOp, WriteOutcome};
 
 pub(crate) type Reply = Result<WriteOutcome, StoreError>;
@@ -306,6 +307,30 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Encodes every item under the write lock (see [`super::Store::export_items`]).
+    pub(crate) fn export_items(&self) -> Vec<u8> {
+        let engine = self.engine.lock();
+        let mut out = Vec::with_capacity(engine.log.len() as usize);
+        super::snapshot::encode_items(&engine.shared.index, &mut out);
+        out
+    }
+
+    /// Makes `items` the whole state (see [`super::Store::replace_all`]). A running
+    /// compaction is let finish first: its install would rename its copy over the new log.
+    pub(crate) fn replace_all(&self, items: Items) -> Result<(), StoreError> {
+        loop {
+            if self.queue.lock().closed {
+                return Err(StoreError::Closed);
+            }
+            let mut engine = self.engine.lock();
+            if engine.compaction.is_none() {
+                return engine.replace_all(&items);
+            }
+            drop(engine);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Rewrites the log to hold only live items; returns once the new log is in place.
     pub(crate) fn compact(&self) -> Result<(), StoreError> {
         let (reply_tx, reply_rx): (CompactionWaiter, Receiver<_>) = crossbeam_channel::bounded(1);
@@ -443,6 +468,61 @@ impl Engine {
             self.sweep_expired();
         }
         Ok(decision.outcomes)
+    }
+
+    /// Writes `items` as a fresh log (temporary file, fsync, lock, rename, directory fsync:
+    /// compaction's steps) and makes them the index, all under the write lock.
+    fn replace_all(&mut self, items: &Items) -> Result<(), StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
+        if let Some(error) = self.log.unwritable() {
+            return Err(error);
+        }
+        let path = self.log.path().to_path_buf();
+        let disk = Arc::clone(self.log.disk());
+        let temp = compaction::temp_path(&path);
+        let written = (|| {
+            let file = disk.create_fresh(&temp, &path)?;
+            let mut chunk =
+                b"# textkv database, restored from a cluster snapshot; one record per line\n".to_vec();
+            let mut len = 0u64;
+            for (key, item) in items {
+                encode_set(key, &item.value, item.flags, item.expires_at, &mut chunk);
+                if chunk.len() >= 1 << 20 {
+                    file.write_at(&chunk, len)?;
+                    len += chunk.len() as u64;
+                    chunk.clear();
+                }
+            }
+            file.write_at(&chunk, len)?;
+            len += chunk.len() as u64;
+            file.sync_data()?;
+            file.lock()?;
+            disk.rename(&temp, &path)?;
+            Ok::<_, io::Error>((file, len))
+        })();
+        let (file, len) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = disk.remove(&temp);
+                log::error!("cannot write {} from a snapshot: {e}", path.display());
+                return Err(StoreError::from(&e));
+            }
+        };
+        let dir_synced = disk.sync_dir(&path).is_ok();
+        self.log.replace(file, len, dir_synced);
+        let index = &self.shared.index;
+        index.clear();
+        for (key, item) in items {
+            index.insert(key, item.as_ref());
+            self.last_cas = self.last_cas.max(item.cas);
+        }
+        self.records = items.len() as u64;
+        self.live_keys = index.len() as u64;
+        self.publish_counters();
+        log::info!("{} replaced by a snapshot of {} items ({len} bytes)", path.display(), items.len());
+        Ok(())
     }
 
     fn apply(&mut self, effect: &Effect<'_>) {

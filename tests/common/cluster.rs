@@ -280,3 +280,14 @@ pub fn signal(server: &Server, signal: i32) {
     let sent = unsafe { libc::kill(server.pid() as i32, signal) };
     assert_eq!(sent, 0, "kill({}, {signal})", server.pid());
 }
+
+impl Cluster {
+    /// Three members that all start (and restart) with `flags`.
+    pub fn start_with(flags: &[&str]) -> Cluster {
+        let spec = new_spec();
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut cluster = Cluster::new(spec.clone(), vec![spec; MEMBERS], flags);
+        cluster.start_all();
+        cluster
+    }
+}
