@@ -125,8 +125,9 @@ pub struct Config {
     pub cluster_timeout: u64,
 
     /// What reads on a cluster node see: `linearizable` (every write acknowledged before the
-    /// read; one ReadIndex round with the leader first) or `local` (this node's own state at
-    /// once, possibly a moment stale).
+    /// read; the leader confirms with a majority first, through ReadIndex), `lease` (the
+    /// same, from the leader's lease instead of a round; relies on bounded clock drift and
+    /// pauses) or `local` (this node's own state at once, possibly a moment stale).
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable, value_name = "MODE")]
     pub read_consistency: ReadConsistency,
 

@@ -307,10 +307,13 @@ fn without_a_majority_a_write_is_refused_with_no_leader_never_stored() {
 /// Every read sees every write acknowledged before it was sent, whichever member answers
 /// it: a write through one node, acknowledged, then a read through another, over both
 /// protocols, many times in a row (followers learn of a commit a moment after the leader:
-/// without the read fence a follower read right after the acknowledgement is often stale).
-#[test]
-fn a_read_through_any_node_sees_a_write_acknowledged_before_it() {
-    let cluster = Cluster::start();
+/// without the read fence a follower read right after the acknowledgement is often stale,
+/// as `--read-consistency local` shows at once).
+fn reads_see_the_writes_acknowledged_before_them(read_consistency: &str) {
+    let spec = common::cluster::new_spec();
+    let flags = vec!["--read-consistency".to_string(), read_consistency.to_string()];
+    let mut cluster = Cluster::new(spec.clone(), vec![spec; MEMBERS], flags);
+    cluster.start_all();
     cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
     let nodes: Vec<&Server> = cluster.live().map(|(_, n)| n).collect();
     let mut line: Vec<Conn> = nodes.iter().map(|n| Conn::open(n.addr)).collect();
@@ -326,4 +329,14 @@ fn a_read_through_any_node_sees_a_write_acknowledged_before_it() {
         assert_eq!(mc[writer].store("set", "m", 0, value.as_bytes()).unwrap(), b"STORED");
         assert_eq!(mc[reader].get("m").unwrap().as_deref(), Some(value.as_bytes()), "memcached read {i}");
     }
+}
+
+#[test]
+fn a_linearizable_read_through_any_node_sees_a_write_acknowledged_before_it() {
+    reads_see_the_writes_acknowledged_before_them("linearizable");
+}
+
+#[test]
+fn a_lease_read_through_any_node_sees_a_write_acknowledged_before_it() {
+    reads_see_the_writes_acknowledged_before_them("lease");
 }

@@ -99,6 +99,12 @@ pub enum ReadConsistency {
     /// that was committed.
     #[default]
     Linearizable,
+    /// As `Linearizable`, but the leader answers the read index from its lease instead of a
+    /// heartbeat round: it has heard from a majority within the election timeout, so no
+    /// other leader can have been elected yet. Cheaper; relies on bounded clock drift and
+    /// on the leader not being paused longer than the lease (a leader resumed from SIGSTOP
+    /// may answer from a lost lease before it notices).
+    Lease,
     /// Reads are served from this node's own state at once: fast, but a follower may be a
     /// moment behind, and an isolated old leader may answer with what it last knew.
     Local,
@@ -108,6 +114,7 @@ impl fmt::Display for ReadConsistency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Lease => "lease",
             ReadConsistency::Local => "local",
         })
     }
@@ -322,6 +329,10 @@ impl Cluster {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            read_only_option: match config.read_consistency {
+                ReadConsistency::Lease => raft::ReadOnlyOption::LeaseBased,
+                ReadConsistency::Linearizable | ReadConsistency::Local => raft::ReadOnlyOption::Safe,
+            },
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
