@@ -112,8 +112,13 @@ const FENCE_RETRY: Duration = Duration::from_millis(150);
 struct Fences {
     /// Not asked yet.
     new: Vec<PendingFence>,
-    /// Asked under a context (a counter), with the time it was asked.
+    /// Groups of fences asked together, by group number, with the time they were last
+    /// asked.
     asked: HashMap<u64, (Instant, Vec<PendingFence>)>,
+    /// Every context (a counter) a group was asked under, to its group: a group asked again
+    /// keeps its earlier requests, so an answer that is only slow (a round trip longer than
+    /// `FENCE_RETRY`) still confirms it.
+    contexts: HashMap<u64, u64>,
     /// Confirmed at a commit index, answered once that index is applied here.
     confirmed: Vec<(u64, PendingFence)>,
     next_context: u64,
@@ -126,21 +131,19 @@ impl Fences {
         if raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        let stale: Vec<u64> = self
-            .asked
-            .iter()
-            .filter(|(_, (at, _))| now.duration_since(*at) >= FENCE_RETRY)
-            .map(|(c, _)| *c)
-            .collect();
-        for context in stale {
-            if let Some((_, fences)) = self.asked.remove(&context) {
-                self.new.extend(fences);
+        for (&group, (at, _)) in self.asked.iter_mut() {
+            if now.duration_since(*at) >= FENCE_RETRY {
+                *at = now;
+                self.next_context += 1;
+                self.contexts.insert(self.next_context, group);
+                raw.read_index(self.next_context.to_be_bytes().to_vec());
             }
         }
         if self.new.is_empty() {
             return;
         }
         self.next_context += 1;
+        self.contexts.insert(self.next_context, self.next_context);
         raw.read_index(self.next_context.to_be_bytes().to_vec());
         self.asked.insert(self.next_context, (now, std::mem::take(&mut self.new)));
     }
@@ -149,7 +152,8 @@ impl Fences {
     fn confirm(&mut self, states: &[raft::ReadState]) {
         for state in states {
             let Ok(context) = <[u8; 8]>::try_from(&state.request_ctx[..]) else { continue };
-            if let Some((_, fences)) = self.asked.remove(&u64::from_be_bytes(context)) {
+            let Some(group) = self.contexts.remove(&u64::from_be_bytes(context)) else { continue };
+            if let Some((_, fences)) = self.asked.remove(&group) {
                 self.confirmed.extend(fences.into_iter().map(|fence| (state.index, fence)));
             }
         }
@@ -181,6 +185,8 @@ impl Fences {
             fences.retain(|f| !expired(f));
         }
         self.asked.retain(|_, (_, fences)| !fences.is_empty());
+        let asked = &self.asked;
+        self.contexts.retain(|_, group| asked.contains_key(group));
     }
 }
 
