@@ -195,9 +195,24 @@ impl Cluster {
 
     /// The applied index of the first live member.
     pub fn applied(&self) -> u64 {
-        let (_, node) = self.live().next().expect("a live member");
+        let (id, _) = self.live().next().expect("a live member");
+        self.applied_on(id)
+    }
+
+    /// The applied index of member `id`.
+    pub fn applied_on(&self, id: u64) -> u64 {
+        let node = self.nodes[id as usize - 1].as_ref().expect("a live member");
         let applied = Conn::open(node.addr).stat("cluster_applied_index").expect("cluster_applied_index");
         applied.parse().expect("a number")
+    }
+
+    /// Polls until member `id` has applied entry `index`.
+    pub fn wait_for_applied_on(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.applied_on(id) < index {
+            assert!(Instant::now() < deadline, "node {id}: entry {index} not applied in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Polls until the first live member has applied entry `index`.
@@ -289,5 +304,64 @@ impl Cluster {
         let mut cluster = Cluster::new(spec.clone(), vec![spec; MEMBERS], flags);
         cluster.start_all();
         cluster
+    }
+
+    /// Polls until every live member reads every `(key, value)` written (and acknowledged)
+    /// by [`run_writer`]: the gets are pipelined, 200 at a time, and repeated while some
+    /// still differ (a member catching up, a read refused during an election).
+    pub fn wait_for_all(&self, acknowledged: &[(String, String)], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (id, node) in self.live() {
+            let mut missing: Vec<&(String, String)> = acknowledged.iter().collect();
+            while !missing.is_empty() {
+                let mut conn = Conn::open(node.addr);
+                let mut still = Vec::new();
+                for chunk in missing.chunks(200) {
+                    let gets: String = chunk.iter().map(|(key, _)| format!("get {key}\n")).collect();
+                    conn.writer.write_all(gets.as_bytes()).unwrap();
+                    for pair in chunk {
+                        if conn.line() != format!("VALUE {}", pair.1) {
+                            still.push(*pair);
+                        }
+                    }
+                }
+                if let (Some((key, value)), true) = (still.first(), Instant::now() >= deadline) {
+                    let got = conn.ask(&format!("get {key}"));
+                    panic!(
+                        "node {id}: {} acknowledged writes missing, e.g. {key}={value} reads {got:?}",
+                        still.len()
+                    );
+                }
+                if !still.is_empty() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                missing = still;
+            }
+        }
+    }
+}
+
+/// `count` [`run_writer`] threads over `addrs`, until [`Writers::finish`].
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(String, String)>>>,
+}
+
+impl Writers {
+    pub fn start(count: usize, addrs: &[SocketAddr]) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|w| {
+                let (addrs, stop) = (addrs.to_vec(), std::sync::Arc::clone(&stop));
+                std::thread::spawn(move || run_writer(w, addrs, &stop))
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    /// Stops the writers and returns every write they had acknowledged.
+    pub fn finish(self) -> Vec<(String, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads.into_iter().flat_map(|t| t.join().expect("writer thread")).collect()
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use textkv::client::Client;
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod faults;
 
 pub const KVSERVER: &str = env!("CARGO_BIN_EXE_kvserver");
