@@ -271,3 +271,61 @@ fn three_instances_behind_twemproxy_share_keys_and_survive_an_outage() {
     }
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
+
+/// twemproxy in front of two 3-node clusters, one shard each (README "Cluster, Redis
+/// replication and twemproxy sharding"): the proxy spreads the keys over the clusters, each
+/// cluster replicates its share on its three members, and a shard keeps serving reads and
+/// writes through the proxy when one of its members (not the one the proxy names) is
+/// killed.
+#[test]
+fn twemproxy_in_front_of_two_clusters_shards_and_each_cluster_replicates() {
+    use common::cluster::Cluster;
+    let Some(binary) = nutcracker_binary() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nutcracker is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("skipping: nutcracker is not installed (apt-get install nutcracker)");
+        return;
+    };
+    let mut clusters = [Cluster::start(), Cluster::start()];
+    for cluster in &clusters {
+        cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    }
+    // Member 1 of each cluster is that shard's server in the proxy's list.
+    let listed: Vec<u16> =
+        clusters.iter().map(|c| c.nodes[0].as_ref().unwrap().listener("memcached").port()).collect();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&binary, proxy_dir.path(), &[(listed[0], "shard-a"), (listed[1], "shard-b")]);
+
+    write_all(&proxy);
+    let expected: Vec<Reply> = (0..KEYS).map(|i| Reply::Value(value(i))).collect();
+    assert!(read_all(&proxy) == expected, "every key reads back through the proxy");
+    // Each shard's keys are on all three of its members (once each has applied them), and
+    // on no member of the other cluster.
+    let mut shares = Vec::new();
+    for cluster in &clusters {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let share = loop {
+            let held: Vec<HashSet<String>> = cluster.live().map(|(_, n)| keys_on(n)).collect();
+            if held.windows(2).all(|w| w[0] == w[1]) {
+                break held[0].clone();
+            }
+            assert!(Instant::now() < deadline, "the members of a cluster never agreed on their keys");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(share.len() * 5 >= KEYS, "a shard holds only {} of {KEYS} keys", share.len());
+        shares.push(share);
+    }
+    assert!(shares[0].is_disjoint(&shares[1]), "a key is on both shards");
+    assert_eq!(shares[0].len() + shares[1].len(), KEYS, "every key is on one shard");
+
+    // kill -9 of a member the proxy does not name, in each cluster: both shards go on.
+    for cluster in &mut clusters {
+        cluster.nodes[2].take().expect("member 3 runs").kill();
+    }
+    assert!(read_all(&proxy) == expected, "every key still reads back through the proxy");
+    let stream = proxy.connect();
+    let replies = request(&stream, b"set after-kill 0 0 3\r\nyes\r\nget after-kill\r\n", 2);
+    assert_eq!(replies, [Reply::Stored, Reply::Value(b"yes".to_vec())], "a write after the kills");
+}
