@@ -137,6 +137,13 @@ pub struct Config {
     /// long, and a member further behind than that is sent the snapshot.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub snapshot_entries: u64,
+
+    /// Seconds between two sweeps that drop expired items from memory (they are never
+    /// served once expired; the sweep frees their memory). On a cluster the leader asks
+    /// for each sweep through the log, so every member drops the same items at the same
+    /// point of the log.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub expiry_sweep_secs: u64,
 }
 
 impl Config {
@@ -159,6 +166,9 @@ impl Config {
         }
         if self.cluster_timeout == 0 {
             return Err("--cluster-timeout must be at least 1 second".into());
+        }
+        if self.expiry_sweep_secs == 0 {
+            return Err("--expiry-sweep-secs must be at least 1".into());
         }
         if self.snapshot_entries == 0 {
             return Err("--snapshot-entries must be at least 1".into());
@@ -185,6 +195,8 @@ impl Config {
             compact_garbage_ratio: self.compact_garbage_ratio,
             repair: self.repair,
             compact_reserve_bytes: self.compact_reserve_bytes,
+            replicated: self.node_id.is_some(),
+            sweep_every: Duration::from_secs(self.expiry_sweep_secs),
         }
     }
 
@@ -200,6 +212,7 @@ impl Config {
             read_consistency: self.read_consistency,
             secret: self.cluster_secret.clone(),
             snapshot_entries: self.snapshot_entries,
+            sweep_every: Duration::from_secs(self.expiry_sweep_secs),
         })
     }
 

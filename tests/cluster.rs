@@ -340,3 +340,30 @@ fn a_linearizable_read_through_any_node_sees_a_write_acknowledged_before_it() {
 fn a_lease_read_through_any_node_sees_a_write_acknowledged_before_it() {
     reads_see_the_writes_acknowledged_before_them("lease");
 }
+
+/// Expired items leave every member's memory through the leader's sweep entries
+/// (`--expiry-sweep-secs`), at the same point of the log on each: a member never drops one
+/// by its own clock (its `keys` count would then go down with no sweep in the log).
+#[test]
+fn expired_items_leave_every_members_memory_through_the_log() {
+    let spec = common::cluster::new_spec();
+    let flags = vec!["--expiry-sweep-secs".to_string(), "1".to_string()];
+    let mut cluster = Cluster::new(spec.clone(), vec![spec; MEMBERS], flags);
+    cluster.start_all();
+    cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let (_, first) = cluster.live().next().unwrap();
+    let mut conn = Conn::open(first.addr);
+    assert_eq!(conn.ask("set short lived"), "STORED");
+    assert_eq!(conn.ask("set long lived"), "STORED");
+    assert_eq!(conn.ask("expire short 1"), "OK");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (id, node) in cluster.live() {
+        let mut conn = Conn::open(node.addr);
+        while conn.stat("keys").as_deref() != Some("1") {
+            assert!(Instant::now() < deadline, "node {id} still holds {:?} keys", conn.stat("keys"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(conn.ask("get short"), "NOT_FOUND");
+        assert_eq!(conn.ask("get long"), "VALUE lived");
+    }
+}

@@ -88,6 +88,8 @@ pub struct ClusterConfig {
     pub secret: Option<std::path::PathBuf>,
     /// `--snapshot-entries`: entries applied between two snapshots.
     pub snapshot_entries: u64,
+    /// `--expiry-sweep-secs`: how often the leader proposes an expiry sweep.
+    pub sweep_every: Duration,
 }
 
 /// What a read on a cluster node may see (`--read-consistency`).
@@ -359,6 +361,7 @@ impl Cluster {
                 fsync: config.fsync,
                 max_value_bytes: config.max_value_bytes,
                 snapshot_entries: config.snapshot_entries,
+                sweep_every: config.sweep_every,
                 applied,
             },
         );
@@ -466,6 +469,39 @@ mod tests {
         assert!(std::fs::read_to_string(&db).unwrap().contains("set a v"));
         store.shutdown();
         assert_eq!(store.apply_committed(&[set("c", 0)], inputs), Err(StoreError::Closed));
+    }
+
+    /// Items expired by this machine's clock stay in a replicated store's memory (a
+    /// compaction's sweep leaves them) until the log's sweep entry drops them with its own
+    /// time; a single-node store drops them at the compaction.
+    #[test]
+    fn a_replicated_store_drops_expired_items_only_where_the_log_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = WriteOp::Store {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            flags: 0,
+            expires_at: 1_000, // long past by the clock, not by the entry's time
+            mode: StoreMode::Set,
+        };
+        let inputs = Inputs { now: 900, first_cas: 1 << node::CAS_SHIFT, max_value_bytes: 10 };
+        for replicated in [true, false] {
+            let config =
+                StoreConfig { replicated, ..StoreConfig::new(dir.path().join(format!("{replicated}.txt"))) };
+            let store = Store::open(config).unwrap();
+            store.apply_committed(std::slice::from_ref(&set), inputs).unwrap();
+            assert_eq!(store.stats().keys, 1);
+            store.compact().unwrap();
+            if !replicated {
+                assert_eq!(store.stats().keys, 0, "a single node sweeps by its clock");
+                continue;
+            }
+            assert_eq!(store.stats().keys, 1, "a replicated store keeps it for the log to decide");
+            store.sweep_expired_at(999);
+            assert_eq!(store.stats().keys, 1, "not expired at the sweep entry's time");
+            store.sweep_expired_at(1_000);
+            assert_eq!(store.stats().keys, 0);
+        }
     }
 
     #[test]

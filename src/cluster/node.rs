@@ -17,6 +17,10 @@
 //! committed in time (it may still be applied: the outcome is then unknown, as after any
 //! timeout).
 //!
+//! Expiry: the store of a member never drops expired items by its own clock; the leader
+//! proposes an entry of no ops every `--expiry-sweep-secs`, and every member applies it as
+//! a sweep with the entry's time, so all members decide later entries on the same items.
+//!
 //! Snapshots: after applying, every `--snapshot-entries` entries the node saves a snapshot
 //! of its store at the applied index and compacts its Raft log behind the previous one
 //! (`maybe_snapshot`, see `mod.rs`). A `Ready` that carries a leader's snapshot is saved in
@@ -71,6 +75,8 @@ pub struct Settings {
     pub fsync: FsyncPolicy,
     pub max_value_bytes: usize,
     pub snapshot_entries: u64,
+    /// How often the leader proposes an expiry sweep (an entry of no ops).
+    pub sweep_every: Duration,
     /// The index the store holds at start (its snapshot's, or 0).
     pub applied: u64,
 }
@@ -213,6 +219,9 @@ pub struct Node {
     /// Committed entries not yet applied (normally empty between iterations).
     to_apply: VecDeque<Entry>,
     snapshot_entries: u64,
+    sweep_every: Duration,
+    /// When this node, as leader, proposes the next expiry sweep.
+    next_sweep: Instant,
     /// Followers sent a snapshot, and when.
     snapshots_sent: HashMap<u64, Instant>,
     applied: u64,
@@ -258,6 +267,8 @@ impl Node {
             installing: None,
             to_apply: VecDeque::new(),
             snapshot_entries: settings.snapshot_entries,
+            sweep_every: settings.sweep_every,
+            next_sweep: started + settings.sweep_every,
             snapshots_sent: HashMap::new(),
             applied: settings.applied,
             apply_failing: false,
@@ -290,6 +301,7 @@ impl Node {
                 next_tick = now + TICK;
                 self.watch_members(now);
                 self.watch_snapshots(now);
+                self.propose_sweep(now);
                 self.expire(now);
                 if self.apply_failing {
                     self.apply_queue();
@@ -374,6 +386,23 @@ impl Node {
         if let Err(e) = self.raw.step(message) {
             log::debug!("{} proposals not taken yet: {e}", waiting.len());
             self.waiting.extend(waiting);
+        }
+    }
+
+    /// As leader, proposes an expiry sweep every `sweep_every`: an entry of no ops, which
+    /// every member applies as a sweep with the entry's time (the store never sweeps by its
+    /// own clock on a cluster: members would drop items at different points of the log and
+    /// could then decide a later `add` or `cas` differently).
+    fn propose_sweep(&mut self, now: Instant) {
+        if self.raw.raft.state != StateRole::Leader || now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + self.sweep_every;
+        // Request 0 is never pending: nobody waits for the answer.
+        let sweep =
+            Proposal { stamp: unix_now(), origin: self.id, boot: self.boot, request: 0, ops: Vec::new() };
+        if let Err(e) = self.raw.propose(Vec::new(), sweep.encode()) {
+            log::debug!("expiry sweep not proposed: {e}");
         }
     }
 
@@ -595,6 +624,12 @@ impl Node {
                 return Ok(());
             }
         };
+        if proposal.ops.is_empty() {
+            // The leader's expiry sweep: every member drops what expired by the entry's time
+            // at this point of the log, so later entries are decided on the same items.
+            self.store.sweep_expired_at(proposal.stamp);
+            return Ok(());
+        }
         let inputs = Inputs {
             now: proposal.stamp,
             first_cas: entry.index << CAS_SHIFT,

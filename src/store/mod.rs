@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use format::KeyError;
 use index::Index;
@@ -86,6 +86,13 @@ pub struct StoreConfig {
     /// Disk space kept in `<db>.reserve` for compaction, so that a full disk can still be
     /// recovered by compacting; 0 keeps none.
     pub compact_reserve_bytes: u64,
+    /// A cluster member's store: items leave memory when they expire only where the
+    /// replicated log says ([`Store::sweep_expired_at`]), never by this machine's clock, so
+    /// that every member decides every later entry on the same items.
+    pub replicated: bool,
+    /// How often items that expired are dropped from memory (`--expiry-sweep-secs`); on a
+    /// replicated store, how often the leader asks for it through the log.
+    pub sweep_every: Duration,
 }
 
 impl StoreConfig {
@@ -99,6 +106,8 @@ impl StoreConfig {
             compact_garbage_ratio: 0.5,
             repair: false,
             compact_reserve_bytes: 16 << 20,
+            replicated: false,
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -577,6 +586,12 @@ impl Store {
 
     /// Every item with its CAS unique, expired ones included, at one point between two
     /// writes, in the `snapshot` format: what a cluster node's Raft snapshot holds.
+    /// Drops the items expired at `now` from memory: on a replicated store, where an entry
+    /// of the log asks for it, with that entry's time (see [`StoreConfig::replicated`]).
+    pub fn sweep_expired_at(&self, now: u64) {
+        self.writer.sweep_expired_at(now)
+    }
+
     pub fn export_items(&self) -> Vec<u8> {
         self.writer.export_items()
     }

@@ -49,9 +49,6 @@ pub(crate) type Reply = Result<WriteOutcome, StoreError>;
 const MAX_GROUP_OPS: usize = 4096;
 const MAX_GROUP_BYTES: usize = 16 << 20;
 
-/// How often expired items are dropped from memory (also after every compaction).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
 /// After a failed (or postponed) compaction, automatic compaction waits this long before
 /// trying again, doubling up to `MAX_COMPACT_BACKOFF`: on a nearly full disk each attempt's
 /// temporary file takes the space writes need.
@@ -155,6 +152,9 @@ struct Engine {
     records: u64,
     live_keys: u64,
     last_sweep: Instant,
+    /// See [`StoreConfig::replicated`].
+    replicated: bool,
+    sweep_every: Duration,
     compaction: Option<Compaction>,
     reserve: Arc<Reserve>,
     auto_compact_not_before: Instant,
@@ -197,6 +197,8 @@ impl Writer {
                 records,
                 live_keys,
                 last_sweep: Instant::now(),
+                replicated: config.replicated,
+                sweep_every: config.sweep_every,
                 compaction: None,
                 reserve: Arc::new(reserve),
                 auto_compact_not_before: Instant::now(),
@@ -307,6 +309,11 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// See [`super::Store::sweep_expired_at`].
+    pub(crate) fn sweep_expired_at(&self, now: u64) {
+        self.engine.lock().sweep_expired(now);
+    }
+
     /// Encodes every item under the write lock (see [`super::Store::export_items`]).
     pub(crate) fn export_items(&self) -> Vec<u8> {
         let engine = self.engine.lock();
@@ -367,9 +374,7 @@ impl Engine {
     /// Decides, logs and applies one group of ops; one answer per op, in order.
     fn commit_group<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp> + Clone) -> Vec<Reply> {
         let replies = self.commit(ops);
-        if self.last_sweep.elapsed() >= SWEEP_EVERY {
-            self.sweep_expired();
-        }
+        self.sweep_if_due();
         self.maybe_auto_compact();
         replies
     }
@@ -464,9 +469,7 @@ impl Engine {
             return Err(error);
         }
         self.apply_decision(&decision);
-        if self.last_sweep.elapsed() >= SWEEP_EVERY {
-            self.sweep_expired();
-        }
+        self.sweep_if_due();
         Ok(decision.outcomes)
     }
 
@@ -661,7 +664,9 @@ impl Engine {
                 {
                     log::warn!("could not start refilling the disk reserve: {e}");
                 }
-                self.sweep_expired();
+                if !self.replicated {
+                    self.sweep_expired(unix_now());
+                }
                 log::info!(
                     "compacted {}: {old_len} -> {} bytes, {} records; writes held {} ms for the switch",
                     path.display(),
@@ -705,10 +710,18 @@ impl Engine {
         self.compact_backoff = (self.compact_backoff * 2).min(MAX_COMPACT_BACKOFF);
     }
 
-    /// Drops expired items from the index. Their records stay in the log until the next
-    /// compaction (which skips them, as start-up does); until then they count as garbage.
-    fn sweep_expired(&mut self) {
-        let removed = self.shared.index.remove_expired(unix_now());
+    /// Sweeps by this machine's clock once `sweep_every` has passed since the last sweep;
+    /// never on a replicated store, whose sweeps come from its log (`sweep_expired`).
+    fn sweep_if_due(&mut self) {
+        if !self.replicated && self.last_sweep.elapsed() >= self.sweep_every {
+            self.sweep_expired(unix_now());
+        }
+    }
+
+    /// Drops items expired at `now` from the index. Their records stay in the log until the
+    /// next compaction (which skips them, as start-up does); until then they count as garbage.
+    fn sweep_expired(&mut self, now: u64) {
+        let removed = self.shared.index.remove_expired(now);
         self.live_keys -= removed as u64;
         self.last_sweep = Instant::now();
         self.publish_counters();
@@ -731,9 +744,7 @@ fn run_maintenance(writer: &Weak<Writer>, sync_target: &SyncTarget, everysec: bo
             sync_target.sync_if_dirty();
         }
         let mut engine = writer.engine.lock();
-        if engine.last_sweep.elapsed() >= SWEEP_EVERY {
-            engine.sweep_expired();
-        }
+        engine.sweep_if_due();
         // The tail a compaction copied may itself be mostly garbage; no write may follow.
         engine.maybe_auto_compact();
     }
