@@ -253,6 +253,11 @@ impl McConn {
 
     /// The CAS unique of `key` (via `gets`), or None on a miss.
     pub fn cas_of(&mut self, key: &str) -> std::io::Result<Option<u64>> {
+        Ok(self.gets(key)?.map(|(_, cas)| cas))
+    }
+
+    /// `gets` of one key: its value and CAS unique, or None on a miss.
+    pub fn gets(&mut self, key: &str) -> std::io::Result<Option<(Vec<u8>, u64)>> {
         self.send(format!("gets {key}\r\n").as_bytes())?;
         let line = self.read_line()?;
         if line == b"END" {
@@ -270,7 +275,17 @@ impl McConn {
         if self.read_line()? != b"END" {
             return Err(bad());
         }
-        Ok(Some(cas))
+        data.truncate(len);
+        Ok(Some((data, cas)))
+    }
+
+    /// `cas <key> 0 0 <bytes> <unique>` with `value`: the reply line.
+    pub fn cas(&mut self, key: &str, value: &[u8], unique: u64) -> std::io::Result<Vec<u8>> {
+        let mut request = format!("cas {key} 0 0 {} {unique}\r\n", value.len()).into_bytes();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+        self.send(&request)?;
+        self.read_line()
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {

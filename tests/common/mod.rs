@@ -19,6 +19,7 @@ use textkv::client::Client;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod faults;
+pub mod linearizability;
 
 pub const KVSERVER: &str = env!("CARGO_BIN_EXE_kvserver");
 pub const KVCLIENT: &str = env!("CARGO_BIN_EXE_kvclient");
