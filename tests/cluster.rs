@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_ports, run_writer, signal, Cluster, Conn, MEMBERS};
+use common::cluster::{free_ports, signal, Cluster, Conn, Writers, MEMBERS};
 use common::faults::McConn;
 use common::Server;
 
@@ -124,18 +124,10 @@ fn writes_through_every_node_are_readable_on_every_node_and_the_databases_agree(
 
 #[test]
 fn after_kill_9_of_the_leader_a_new_one_takes_over_and_no_acknowledged_write_is_lost() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let mut cluster = Cluster::start();
     let old = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
     let addrs: Vec<SocketAddr> = cluster.live().map(|(_, n)| n.addr).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (addrs, stop) = (addrs.clone(), Arc::clone(&stop));
-            std::thread::spawn(move || run_writer(w, addrs, &stop))
-        })
-        .collect();
+    let writers = Writers::start(8, &addrs);
     // Let the writers get going on every node, then kill the leader under them.
     cluster.wait_for_applied(50, Duration::from_secs(15));
     let killed_at = Instant::now();
@@ -149,28 +141,13 @@ fn after_kill_9_of_the_leader_a_new_one_takes_over_and_no_acknowledged_write_is_
     // Writes resume through the live nodes.
     let resumed = cluster.applied();
     cluster.wait_for_applied(resumed + 20, Duration::from_secs(10));
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged: Vec<(String, String)> =
-        writers.into_iter().flat_map(|w| w.join().expect("writer thread")).collect();
+    let acknowledged = writers.finish();
     assert!(acknowledged.len() > 50, "only {} writes acknowledged", acknowledged.len());
 
     // The old leader comes back under its own identity and catches up.
     let restarted = cluster.start_node(old);
     cluster.nodes[old as usize - 1] = Some(restarted);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (id, node) in cluster.live() {
-        let mut conn = Conn::open(node.addr);
-        for (key, value) in &acknowledged {
-            loop {
-                let got = conn.ask(&format!("get {key}"));
-                if got == format!("VALUE {value}") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {id}: acknowledged {key} reads {got:?}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+    cluster.wait_for_all(&acknowledged, Duration::from_secs(20));
     // And it serves writes again, as a follower of the new leader.
     let mut conn = Conn::open(cluster.nodes[old as usize - 1].as_ref().unwrap().addr);
     assert_eq!(conn.ask("set after-restart yes"), "STORED");
