@@ -44,6 +44,62 @@ fn escapes_round_trip_and_get_output_pastes_into_set() {
     assert_eq!(client.get(b"copy").unwrap().unwrap(), value);
 }
 
+/// Random values of every kind, each sent once in the escaper's own spelling (which the server
+/// writes to the log as it is) and once in another spelling of the same bytes (which it
+/// decodes and escapes): both give the same `database.txt` bytes as the escaper's record, and
+/// every value loads back after a kill -9.
+#[test]
+fn a_value_in_any_spelling_is_logged_as_the_escaper_writes_it_and_loads_back() {
+    use textkv::escape::escape;
+    use textkv::store::format::encode_set;
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let mut client = server.client();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut expected_log = Vec::new();
+    let mut values = Vec::new();
+    for i in 0..200 {
+        let len = (next() % 3000) as usize;
+        let value: Vec<u8> = match i % 4 {
+            0 => (0..len).map(|_| next() as u8).collect(),
+            1 => (0..len).map(|_| b"ab \\\n\t~"[(next() % 7) as usize]).collect(),
+            2 => "grüße ☃ \u{1F600}\u{80}\r\n".repeat(len / 20 + 1).into_bytes(),
+            _ => (0..len)
+                .map(|_| [b'x', 0xc3, 0xa9, 0xe2, 0x98, 0x83, 0xff, 0][(next() % 8) as usize])
+                .collect(),
+        };
+        let canonical = escape(&value);
+        // Another spelling: every byte as upper-case `\xHH`.
+        let other: Vec<u8> = value.iter().flat_map(|b| format!("\\x{b:02X}").into_bytes()).collect();
+        for (n, text) in [canonical, other].iter().enumerate() {
+            let key = format!("k{i}.{n}");
+            let (command, flags, expires_at) =
+                if i % 3 == 0 { ("set", 0, 0) } else { ("setmeta", 7, 4_000_000_000u64) };
+            let head = match command {
+                "set" => format!("set {key} "),
+                _ => format!("setmeta {key} {flags} {expires_at} "),
+            };
+            let reply = client.request(&[head.as_bytes(), text].concat()).unwrap();
+            assert_eq!(reply, [b"STORED".to_vec()], "{key}");
+            encode_set(key.as_bytes(), &value, flags, expires_at, &mut expected_log);
+            values.push((key, value.clone()));
+        }
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), expected_log, "the log holds the escaper's records");
+    server.kill();
+    let server = Server::start(&db, &[]);
+    let mut client = server.client();
+    for (key, value) in &values {
+        assert_eq!(client.get(key.as_bytes()).unwrap().as_ref(), Some(value), "{key}");
+    }
+}
+
 #[test]
 fn errors_name_the_problem_and_the_connection_keeps_working() {
     let (_dir, db) = temp_db();

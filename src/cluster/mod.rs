@@ -451,7 +451,7 @@ mod tests {
         let store = Store::open(StoreConfig::new(&db)).unwrap();
         let store_op = |key: &str, expires_at, mode| WriteOp::Store {
             key: key.into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             flags: 0,
             expires_at,
             mode,
@@ -479,7 +479,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = WriteOp::Store {
             key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             flags: 0,
             expires_at: 1_000, // long past by the clock, not by the entry's time
             mode: StoreMode::Set,

@@ -235,7 +235,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<WriteOp, DecodeError> {
                 6 => StoreMode::AppendOrCreate,
                 _ => return Err(DecodeError("bad store mode")),
             };
-            WriteOp::Store { key, value, flags, expires_at, mode }
+            WriteOp::Store { key, value: value.into(), flags, expires_at, mode }
         }
         1 => WriteOp::Delete { key: r.bytes()?, cas: r.option()? },
         2 => WriteOp::Touch { key: r.bytes()?, expires_at: r.u64()? },
@@ -286,7 +286,7 @@ mod tests {
             (bytes(), bytes(), any::<u32>(), any::<u64>(), mode()).prop_map(
                 |(key, value, flags, expires_at, mode)| WriteOp::Store {
                     key,
-                    value,
+                    value: value.into(),
                     flags,
                     expires_at,
                     mode

@@ -67,11 +67,11 @@ use std::sync::Arc;
 use super::glob::KeyPattern;
 use super::{push_decimal, Context, Progress, ReadFence, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login, Role};
-use crate::escape::{escape_into, unescape};
+use crate::escape::escape_into;
 use crate::stats::ServerStats;
-use crate::store::format::{self, FormatError, KeyError, Record};
+use crate::store::format::{self, FormatError, KeyError, KeyText, Record, SetLine};
 use crate::store::recovery::{is_comment_or_blank, strip_line_ending};
-use crate::store::{unix_now, KeyCursor, StoreMode, WriteOp, WriteOutcome};
+use crate::store::{unix_now, KeyCursor, StoreMode, Value, WriteOp, WriteOutcome};
 
 /// `help` text: one line per command.
 pub const HELP: &[&str] = &[
@@ -109,9 +109,9 @@ pub enum Request<'a> {
     /// A blank or comment line: no reply.
     Nothing,
     Get(&'a [u8]),
-    /// A change that is also a `database.txt` record (set, setmeta, del, flush, delprefix).
+    /// A change that is also a `database.txt` record (del, flush, delprefix).
     Write(Record),
-    /// Any other change (copy, rename, expire, incr, decr, append).
+    /// Any other change (set, setmeta, copy, rename, expire, incr, decr, append).
     Change(WriteOp),
     /// Reads of several keys; the keys (validated) are the text, space-separated.
     Stat(&'a [u8]),
@@ -311,13 +311,33 @@ fn parse_expire(rest: Option<&[u8]>) -> Result<Request<'_>, LineError> {
     Ok(Request::Change(WriteOp::Touch { key, expires_at }))
 }
 
-fn parse_append(rest: Option<&[u8]>, max_value_bytes: usize) -> Result<Request<'_>, LineError> {
-    const USAGE: &str = "append <key> <value>";
-    let (key, value) = format::split_token(rest.ok_or(FormatError::WrongArgs(USAGE))?);
-    let value = unescape(value.ok_or(FormatError::WrongArgs(USAGE))?).map_err(FormatError::Escape)?;
+/// A request's value: decoded once, its text kept for the log when it is canonical (see
+/// [`Value`]).
+fn request_value(text: &[u8], max_value_bytes: usize) -> Result<Value, LineError> {
+    let value = Value::from_escaped(text).map_err(FormatError::Escape)?;
     if value.len() > max_value_bytes {
         return Err(LineError::ValueTooLarge(max_value_bytes));
     }
+    Ok(value)
+}
+
+/// `set`/`setmeta`: a store whose value keeps the request's text (the common write path).
+fn parse_set(set: SetLine<'_>, max_value_bytes: usize) -> Result<Request<'_>, LineError> {
+    let SetLine { key, flags, expires_at, value_text } = set;
+    let value = request_value(value_text, max_value_bytes)?;
+    Ok(Request::Change(WriteOp::Store {
+        key: key.into_owned(),
+        value,
+        flags,
+        expires_at,
+        mode: StoreMode::Set,
+    }))
+}
+
+fn parse_append(rest: Option<&[u8]>, max_value_bytes: usize) -> Result<Request<'_>, LineError> {
+    const USAGE: &str = "append <key> <value>";
+    let (key, value) = format::split_token(rest.ok_or(FormatError::WrongArgs(USAGE))?);
+    let value = request_value(value.ok_or(FormatError::WrongArgs(USAGE))?, max_value_bytes)?;
     let key = valid_key(key)?;
     Ok(Request::Change(WriteOp::Store {
         key,
@@ -333,15 +353,12 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
     if is_comment_or_blank(line) {
         return Ok(Request::Nothing);
     }
+    if let Some(set) = SetLine::parse_as(line, KeyText::Raw) {
+        return parse_set(set?, max_value_bytes);
+    }
     let (word, rest) = format::split_token(line);
     if format::is_record_command(word) {
-        let record = Record::parse_request(line)?;
-        if let Record::Set { value, .. } = &record {
-            if value.len() > max_value_bytes {
-                return Err(LineError::ValueTooLarge(max_value_bytes));
-            }
-        }
-        return Ok(Request::Write(record));
+        return Ok(Request::Write(Record::parse_request(line)?));
     }
     // Command words are short: lower-case them on the stack, not in a heap copy.
     let mut lower = [0u8; 16];
@@ -417,17 +434,15 @@ enum Streaming {
     Mget { keys: Vec<u8>, next: usize },
 }
 
-/// The write a record request stands for. `copy` and `rename` are parsed as requests of
-/// their own (they take `NX`), so they never arrive here as records.
+/// The write a record request stands for. `set` and `setmeta` are parsed as stores of their
+/// own (their value keeps its text), `copy` and `rename` too (they take `NX`), so they never
+/// arrive here as records.
 fn record_op(record: Record) -> Option<WriteOp> {
     Some(match record {
-        Record::Set { key, value, flags, expires_at } => {
-            WriteOp::Store { key, value, flags, expires_at, mode: StoreMode::Set }
-        }
         Record::Del { key } => WriteOp::Delete { key, cas: None },
         Record::Flush => WriteOp::Flush,
         Record::DelPrefix { prefix } => WriteOp::DeletePrefix { prefix },
-        Record::Copy { .. } | Record::Rename { .. } => return None,
+        Record::Set { .. } | Record::Copy { .. } | Record::Rename { .. } => return None,
     })
 }
 
@@ -505,7 +520,7 @@ impl LineSession {
                     Some(op) => self.queue_write(op, out),
                     None => {
                         self.flush_writes(out);
-                        log::error!("a copy or rename request arrived as a record");
+                        log::error!("a set, copy or rename request arrived as a record");
                         out.extend_from_slice(b"ERROR internal error\n");
                     }
                 }
@@ -859,14 +874,23 @@ mod tests {
             Ok(Request::Auth { user: b"ann", password: b"pass word" })
         );
         assert_eq!(parse(b"   ", 10), Ok(Request::Nothing));
-        assert_eq!(
-            parse(b"set k a b", 10),
-            Ok(Request::Write(Record::Set {
+        let store = |value: &str, flags, expires_at| {
+            Ok(Request::Change(WriteOp::Store {
                 key: b"k".to_vec(),
-                value: b"a b".to_vec(),
-                flags: 0,
-                expires_at: 0
+                value: value.into(),
+                flags,
+                expires_at,
+                mode: StoreMode::Set,
             }))
+        };
+        assert_eq!(parse(b"set k a b", 10), store("a b", 0, 0));
+        assert_eq!(
+            parse(
+                br"SETMETA k 3 9 a
+",
+                10
+            ),
+            store("a\n", 3, 9)
         );
     }
 
@@ -902,7 +926,7 @@ mod tests {
             parse(b"append k a\\nb", 10),
             Ok(Request::Change(WriteOp::Store {
                 key: b"k".to_vec(),
-                value: b"a\nb".to_vec(),
+                value: "a\nb".into(),
                 flags: 0,
                 expires_at: 0,
                 mode: StoreMode::AppendOrCreate

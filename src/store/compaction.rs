@@ -231,7 +231,7 @@ mod tests {
         let store = Store::open(StoreConfig::new(dir.path().join("db.txt"))).unwrap();
         let set = WriteOp::Store {
             key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             flags: 0,
             expires_at: 0,
             mode: StoreMode::Set,

@@ -68,12 +68,18 @@ pub struct Inputs {
     pub max_value_bytes: usize,
 }
 
+/// A value to store and, when the request carried it, its escaped text.
+type StoredValue<'a> = (Cow<'a, [u8]>, Option<&'a [u8]>);
+
 /// A change to the log and the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect<'a> {
     Set {
         key: &'a [u8],
         value: Cow<'a, [u8]>,
+        /// The value's canonical escaped text when the request carried it (the log record
+        /// copies it instead of escaping `value`; see [`crate::store::Value`]).
+        value_text: Option<&'a [u8]>,
         flags: u32,
         expires_at: u64,
         cas: u64,
@@ -228,13 +234,14 @@ impl<'a, S: State> Batch<'_, 'a, S> {
     }
 
     /// Stores an item, or deletes the key when the item is stored already expired.
-    fn store(&mut self, key: &'a [u8], value: Cow<'a, [u8]>, flags: u32, expires_at: u64) -> u64 {
+    fn store(&mut self, key: &'a [u8], value: StoredValue<'a>, flags: u32, expires_at: u64) -> u64 {
         let cas = self.take_cas();
         let expires_at = expires_at.min(MAX_EXPIRES_AT);
         if is_expired(expires_at, self.inputs.now) {
             self.push(Effect::Del { key });
         } else {
-            self.push(Effect::Set { key, value, flags, expires_at, cas });
+            let (value, value_text) = value;
+            self.push(Effect::Set { key, value, value_text, flags, expires_at, cas });
         }
         cas
     }
@@ -242,19 +249,19 @@ impl<'a, S: State> Batch<'_, 'a, S> {
     fn decide(&mut self, op: &'a WriteOp) -> WriteOutcome {
         match op {
             WriteOp::Store { key, value, flags, expires_at, mode } => {
+                // The op's own value: borrowed, with the text it came in.
+                let given = || ((Cow::Borrowed(&value[..]), value.file_text()), *flags, *expires_at);
                 let (value, flags, expires_at) = match *mode {
-                    StoreMode::Set => (Cow::Borrowed(&value[..]), *flags, *expires_at),
+                    StoreMode::Set => given(),
                     StoreMode::Add if self.current_cas(key).is_some() => return WriteOutcome::NotStored,
                     StoreMode::Replace if self.current_cas(key).is_none() => return WriteOutcome::NotStored,
-                    StoreMode::Add | StoreMode::Replace => (Cow::Borrowed(&value[..]), *flags, *expires_at),
+                    StoreMode::Add | StoreMode::Replace => given(),
                     StoreMode::Cas(expected) => match self.current_cas(key) {
                         None => return WriteOutcome::NotFound,
                         Some(cas) if cas != expected => return WriteOutcome::Exists,
-                        Some(_) => (Cow::Borrowed(&value[..]), *flags, *expires_at),
+                        Some(_) => given(),
                     },
-                    StoreMode::AppendOrCreate if self.current_cas(key).is_none() => {
-                        (Cow::Borrowed(&value[..]), *flags, *expires_at)
-                    }
+                    StoreMode::AppendOrCreate if self.current_cas(key).is_none() => given(),
                     StoreMode::Append | StoreMode::Prepend | StoreMode::AppendOrCreate => {
                         let joined = self.peek(key, |old| {
                             old.map(|old| {
@@ -271,11 +278,13 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                         });
                         match joined {
                             None => return WriteOutcome::NotStored,
-                            Some((joined, flags, expires_at)) => (Cow::Owned(joined), flags, expires_at),
+                            Some((joined, flags, expires_at)) => {
+                                ((Cow::Owned(joined), None), flags, expires_at)
+                            }
                         }
                     }
                 };
-                if value.len() > self.inputs.max_value_bytes {
+                if value.0.len() > self.inputs.max_value_bytes {
                     return WriteOutcome::TooLarge;
                 }
                 let cas = self.store(key, value, flags, expires_at);
@@ -300,6 +309,7 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                         self.push(Effect::Set {
                             key,
                             value: Cow::Owned(item.value.to_vec()),
+                            value_text: None,
                             flags: item.flags,
                             expires_at: item.expires_at,
                             cas: item.cas,
@@ -327,7 +337,8 @@ impl<'a, S: State> Batch<'_, 'a, S> {
                     }
                 };
                 let expires_at = expires_at.min(MAX_EXPIRES_AT);
-                let cas = self.store(key, Cow::Owned(value.to_string().into_bytes()), flags, expires_at);
+                let cas =
+                    self.store(key, (Cow::Owned(value.to_string().into_bytes()), None), flags, expires_at);
                 WriteOutcome::Counter { value, cas, expires_at }
             }
             WriteOp::Flush => {
@@ -423,7 +434,14 @@ mod tests {
     }
 
     fn set_effect<'a>(key: &'a str, value: &'a str, flags: u32, expires_at: u64, cas: u64) -> Effect<'a> {
-        Effect::Set { key: key.as_bytes(), value: Cow::Borrowed(value.as_bytes()), flags, expires_at, cas }
+        Effect::Set {
+            key: key.as_bytes(),
+            value: Cow::Borrowed(value.as_bytes()),
+            value_text: None,
+            flags,
+            expires_at,
+            cas,
+        }
     }
 
     #[test]
@@ -434,6 +452,33 @@ mod tests {
         assert_eq!(decision.effects, [set_effect("k", "v", 3, 2_000, 500), set_effect("k2", "w", 0, 0, 501)]);
         assert!(matches!(&decision.effects[0], Effect::Set { value: Cow::Borrowed(_), .. }), "no copy");
         assert_eq!(decision.next_cas, 502);
+    }
+
+    #[test]
+    fn a_store_keeps_the_requests_text_and_a_built_value_has_none() {
+        let carried = |key: &str, mode| WriteOp::Store {
+            key: key.into(),
+            value: crate::store::Value::from_escaped(br"a\nb").unwrap(),
+            flags: 0,
+            expires_at: 0,
+            mode,
+        };
+        let ops =
+            [carried("k", StoreMode::Set), carried("k", StoreMode::Append), carried("n", StoreMode::Add)];
+        let decision = decide(&Map::default(), &ops, Inputs { max_value_bytes: 100, ..INPUTS });
+        let texts: Vec<Option<&[u8]>> = decision
+            .effects
+            .iter()
+            .map(|effect| match effect {
+                Effect::Set { value_text, .. } => *value_text,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [Some(&br"a\nb"[..]), None, Some(&br"a\nb"[..])],
+            "an appended value is built here"
+        );
     }
 
     #[test]

@@ -212,18 +212,56 @@ pub struct MovedRef<'a> {
     pub expires_at: u64,
 }
 
-/// Parses `<flags> <expires-at> <value>` (the tail of `setmeta` and of a moving `rename`).
-fn parse_meta<'a>(
-    args: Option<&'a [u8]>,
-    usage: &'static str,
-) -> Result<(u32, u64, Cow<'a, [u8]>), FormatError> {
+/// Parses `<flags> <expires-at> <value>` (the tail of `setmeta` and of a moving `rename`); the
+/// value is returned as its escaped text.
+fn parse_meta<'a>(args: Option<&'a [u8]>, usage: &'static str) -> Result<(u32, u64, &'a [u8]), FormatError> {
     let (flags, args) = split_token(args.ok_or(FormatError::WrongArgs(usage))?);
     let (expires, value) = split_token(args.ok_or(FormatError::WrongArgs(usage))?);
     let value = value.ok_or(FormatError::WrongArgs(usage))?;
     let flags = parse_number(flags).ok_or(FormatError::BadNumber("flags"))?;
     let expires_at =
         parse_number::<u32>(expires).map(u64::from).ok_or(FormatError::BadNumber("expires-at"))?;
-    Ok((flags, expires_at, unescape_cow(value).map_err(FormatError::Escape)?))
+    Ok((flags, expires_at, value))
+}
+
+/// A `set` or `setmeta` line with its value still escaped: the line protocol decodes the
+/// value itself ([`crate::store::Value::from_escaped`]), keeping its text for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetLine<'a> {
+    pub key: Cow<'a, [u8]>,
+    pub flags: u32,
+    pub expires_at: u64,
+    pub value_text: &'a [u8],
+}
+
+impl<'a> SetLine<'a> {
+    /// Parses `line` (without its line ending) when it is a `set` or `setmeta` line; `None`
+    /// when it is another command.
+    pub fn parse_as(line: &'a [u8], keys: KeyText) -> Option<Result<SetLine<'a>, FormatError>> {
+        let (word, rest) = split_token(line);
+        if word.eq_ignore_ascii_case(b"set") {
+            Some(SetLine::parse_set(rest, keys))
+        } else if word.eq_ignore_ascii_case(b"setmeta") {
+            Some(SetLine::parse_setmeta(rest, keys))
+        } else {
+            None
+        }
+    }
+
+    /// `<key> <value>`
+    fn parse_set(rest: Option<&'a [u8]>, keys: KeyText) -> Result<SetLine<'a>, FormatError> {
+        let (key, value) = split_token(rest.ok_or(FormatError::WrongArgs(SET_USAGE))?);
+        let value_text = value.ok_or(FormatError::WrongArgs(SET_USAGE))?;
+        Ok(SetLine { key: decode_key(key, keys)?, flags: 0, expires_at: 0, value_text })
+    }
+
+    /// `<key> <flags> <expires-at> <value>`
+    fn parse_setmeta(rest: Option<&'a [u8]>, keys: KeyText) -> Result<SetLine<'a>, FormatError> {
+        let (key, args) = split_token(rest.ok_or(FormatError::WrongArgs(SETMETA_USAGE))?);
+        let key = decode_key(key, keys)?;
+        let (flags, expires_at, value_text) = parse_meta(args, SETMETA_USAGE)?;
+        Ok(SetLine { key, flags, expires_at, value_text })
+    }
 }
 
 /// The arguments of a command that takes exactly `N` keys.
@@ -249,30 +287,21 @@ impl<'a> RecordRef<'a> {
 
     /// Parses one line (without its line ending) whose keys are written as `keys` says.
     pub fn parse_as(line: &'a [u8], keys: KeyText) -> Result<RecordRef<'a>, FormatError> {
+        if let Some(set) = SetLine::parse_as(line, keys) {
+            let SetLine { key, flags, expires_at, value_text } = set?;
+            let value = unescape_cow(value_text).map_err(FormatError::Escape)?;
+            return Ok(RecordRef::Set { key, value, flags, expires_at });
+        }
         let (word, rest) = split_token(line);
         let key_of = |text: &'a [u8]| decode_key(text, keys);
-        if word.eq_ignore_ascii_case(b"set") {
-            let (key, value) = split_token(rest.ok_or(FormatError::WrongArgs(SET_USAGE))?);
-            let value = value.ok_or(FormatError::WrongArgs(SET_USAGE))?;
-            Ok(RecordRef::Set {
-                key: key_of(key)?,
-                value: unescape_cow(value).map_err(FormatError::Escape)?,
-                flags: 0,
-                expires_at: 0,
-            })
-        } else if word.eq_ignore_ascii_case(b"setmeta") {
-            let (key, args) = split_token(rest.ok_or(FormatError::WrongArgs(SETMETA_USAGE))?);
-            let key = key_of(key)?;
-            let (flags, expires_at, value) = parse_meta(args, SETMETA_USAGE)?;
-            Ok(RecordRef::Set { key, value, flags, expires_at })
-        } else if word.eq_ignore_ascii_case(b"del") {
-            let [key] = keys_only(rest, keys, DEL_USAGE)?;
-            Ok(RecordRef::Del { key })
-        } else if word.eq_ignore_ascii_case(b"flush") {
+        if word.eq_ignore_ascii_case(b"flush") {
             match rest {
                 None => Ok(RecordRef::Flush),
                 Some(_) => Err(FormatError::WrongArgs(FLUSH_USAGE)),
             }
+        } else if word.eq_ignore_ascii_case(b"del") {
+            let [key] = keys_only(rest, keys, DEL_USAGE)?;
+            Ok(RecordRef::Del { key })
         } else if word.eq_ignore_ascii_case(b"copy") {
             let [src, dst] = keys_only(rest, keys, COPY_USAGE)?;
             Ok(RecordRef::Copy { src, dst })
@@ -284,6 +313,7 @@ impl<'a> RecordRef<'a> {
                 None => None,
                 Some(_) => {
                     let (flags, expires_at, value) = parse_meta(args, RENAME_USAGE)?;
+                    let value = unescape_cow(value).map_err(FormatError::Escape)?;
                     Some(MovedRef { value, flags, expires_at })
                 }
             };
@@ -380,6 +410,21 @@ impl Record {
 
 /// Appends a `set`/`setmeta` line for an item, newline included.
 pub fn encode_set(key: &[u8], value: &[u8], flags: u32, expires_at: u64, out: &mut Vec<u8>) {
+    encode_set_head(key, flags, expires_at, out);
+    escape_into(value, out);
+    out.push(b'\n');
+}
+
+/// [`encode_set`] for a value given as its canonical escaped text (what [`escape_into`] writes
+/// for it: see [`crate::store::Value`]), which is copied as it is.
+pub fn encode_set_text(key: &[u8], value_text: &[u8], flags: u32, expires_at: u64, out: &mut Vec<u8>) {
+    encode_set_head(key, flags, expires_at, out);
+    out.extend_from_slice(value_text);
+    out.push(b'\n');
+}
+
+/// `set <key> ` or `setmeta <key> <flags> <expires-at> `.
+fn encode_set_head(key: &[u8], flags: u32, expires_at: u64, out: &mut Vec<u8>) {
     if flags == 0 && expires_at == 0 {
         out.extend_from_slice(b"set ");
         encode_key(key, out);
@@ -389,8 +434,6 @@ pub fn encode_set(key: &[u8], value: &[u8], flags: u32, expires_at: u64, out: &m
         encode_meta(flags, expires_at, out);
     }
     out.push(b' ');
-    escape_into(value, out);
-    out.push(b'\n');
 }
 
 /// Appends ` <flags> <expires-at>`.
@@ -597,6 +640,26 @@ mod tests {
     }
 
     proptest! {
+        /// The record written from a request's canonical text is byte for byte the one the
+        /// escaper writes, and reads back as the value.
+        #[test]
+        fn a_set_written_from_its_text_is_the_escapers_record(
+            key in key_strategy(),
+            value in proptest::collection::vec(any::<u8>(), 0..300),
+            flags in any::<u32>(),
+            expires_at in prop_oneof![Just(0u64), any::<u32>().prop_map(u64::from)],
+        ) {
+            let carried = crate::store::Value::from_escaped(&crate::escape::escape(&value)).unwrap();
+            let (mut from_text, mut escaped) = (Vec::new(), Vec::new());
+            encode_set_text(&key, carried.file_text().unwrap(), flags, expires_at, &mut from_text);
+            encode_set(&key, &value, flags, expires_at, &mut escaped);
+            prop_assert_eq!(&from_text, &escaped);
+            prop_assert_eq!(
+                Record::parse(&from_text[..from_text.len() - 1]).unwrap(),
+                Record::Set { key, value, flags, expires_at }
+            );
+        }
+
         #[test]
         fn any_record_round_trips_through_one_line(
             key in key_strategy(),

@@ -10,9 +10,10 @@
 //!
 //! Modules: `decide` (what a batch does), `writer` (the write group and what the write lock
 //! protects), `logfile` (appending, fsync, cut-back, refusal), `format` (one record per line),
-//! `recovery` (start-up replay), `compaction`, `index` (the in-memory map), `cut`, `reserve`
-//! and `files` (small file-system rules), `snapshot` (every item with its CAS unique, for a
-//! replicated store's Raft snapshots).
+//! `recovery` (start-up replay), `compaction`, `index` (the in-memory map), `value` (a
+//! write's value and its escaped text), `cut`, `reserve` and `files` (small file-system
+//! rules), `snapshot` (every item with its CAS unique, for a replicated store's Raft
+//! snapshots).
 
 mod compaction;
 mod cut;
@@ -27,6 +28,7 @@ mod power_loss;
 pub mod recovery;
 mod reserve;
 pub mod snapshot;
+mod value;
 mod writer;
 
 use std::fmt;
@@ -44,6 +46,7 @@ use index::Index;
 pub use index::{Item, ItemRef, KeyCursor};
 
 pub use recovery::LoadError;
+pub use value::Value;
 
 /// When a write is made durable before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +140,7 @@ pub enum StoreMode {
 pub enum WriteOp {
     Store {
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Value,
         flags: u32,
         expires_at: u64,
         mode: StoreMode,
@@ -209,7 +212,7 @@ impl WriteOp {
     /// Key and value bytes the op carries (what it costs in a batch).
     pub fn payload_len(&self) -> usize {
         match self {
-            WriteOp::Store { key, value, .. } => key.len() + value.len(),
+            WriteOp::Store { key, value, .. } => key.len() + value.held_bytes(),
             WriteOp::Delete { key, .. } | WriteOp::Touch { key, .. } | WriteOp::Arith { key, .. } => {
                 key.len()
             }

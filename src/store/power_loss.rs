@@ -25,7 +25,7 @@ fn sim_config(fsync: FsyncPolicy) -> StoreConfig {
 }
 
 fn set_op(key: Vec<u8>, value: Vec<u8>) -> WriteOp {
-    WriteOp::Store { key, value, flags: 0, expires_at: 0, mode: StoreMode::Set }
+    WriteOp::Store { key, value: value.into(), flags: 0, expires_at: 0, mode: StoreMode::Set }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -36,6 +36,7 @@ use super::disk::{Disk, DiskFile};
 use super::files;
 use super::format::{
     encode_copy, encode_del, encode_delprefix, encode_flush, encode_rename, encode_rename_moving, encode_set,
+    encode_set_text,
 };
 use super::logfile::{LogFile, SyncTarget};
 use super::reserve::Reserve;
@@ -427,7 +428,12 @@ impl Engine {
         let compacting = self.compaction.is_some();
         for effect in effects {
             match effect {
-                Effect::Set { key, value, flags, expires_at, .. } => {
+                // A request's canonical text is the record's value as it is: the value is
+                // not escaped again (the bytes are the same as `encode_set` would write).
+                Effect::Set { key, value_text: Some(text), flags, expires_at, .. } => {
+                    encode_set_text(key, text, *flags, *expires_at, &mut buf)
+                }
+                Effect::Set { key, value, value_text: None, flags, expires_at, .. } => {
                     encode_set(key, value, *flags, *expires_at, &mut buf)
                 }
                 Effect::Del { key } => encode_del(key, &mut buf),

@@ -451,7 +451,7 @@ impl BinarySession {
                     if p.extras.len() == 8 { (p.extras_u32(0), i64::from(p.extras_u32(4))) } else { (0, 0) };
                 WriteOp::Store {
                     key,
-                    value: p.value.to_vec(),
+                    value: p.value.into(),
                     flags,
                     expires_at: expires_at(exptime, now),
                     mode: store_mode(p.header.opcode, cas),

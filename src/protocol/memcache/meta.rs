@@ -201,7 +201,7 @@ impl Executor<'_> {
             if let Some(ttl) = flags.vivify {
                 let op = WriteOp::Store {
                     key: key.to_vec(),
-                    value: Vec::new(),
+                    value: Vec::new().into(),
                     flags: 0,
                     expires_at: expires_at(ttl, now),
                     mode: StoreMode::Add,
@@ -244,7 +244,7 @@ impl Executor<'_> {
                 ServerStats::bump(&c.cmd_set);
                 WriteOp::Store {
                     key: key.to_vec(),
-                    value: data.to_vec(),
+                    value: data.into(),
                     flags: flags.client_flags.unwrap_or(0),
                     expires_at: expires_at(flags.ttl.unwrap_or(0), now),
                     mode: meta_set_mode(flags),

@@ -873,7 +873,7 @@ impl Executor<'_> {
 fn store_op(mode: StoreMode, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> WriteOp {
     WriteOp::Store {
         key: key.to_vec(),
-        value: data.to_vec(),
+        value: data.into(),
         flags,
         expires_at: expires_at(exptime, unix_now()),
         mode,
