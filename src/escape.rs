@@ -91,8 +91,8 @@ fn escape_step(value: &[u8], at: &mut usize, end: usize, buf: &mut [u8]) -> usiz
         while i < stop {
             let b = value[i];
             let next = value.get(i + 1).copied().unwrap_or(0);
-            // `&`, not `&&`: one rarely taken branch instead of two unpredictable ones.
-            if (b >= 0xc2) & (next & 0xc0 == 0x80) {
+            // A lead byte followed by a continuation byte: one rarely taken branch.
+            if (UTF8_CLASS[b as usize] & LEAD) * continuation(next) != 0 {
                 let len = utf8_sequence_at(&value[i..]);
                 if len > 0 {
                     buf[written..written + len].copy_from_slice(&value[i..i + len]);
@@ -122,6 +122,36 @@ fn is_plain_word(word: u64) -> bool {
     let backslash = word ^ (ONES * u64::from(b'\\'));
     let has_backslash = backslash.wrapping_sub(ONES) & !backslash & HIGH;
     below_space | above_tilde | has_backslash == 0
+}
+
+/// What a byte can be in UTF-8: the lead byte of a sequence of two, three or four bytes, or a
+/// continuation byte. Tested with arithmetic on these bits rather than comparisons, which
+/// would be compiled into branches that random data mispredicts.
+const LEAD2: u8 = 1;
+const LEAD3: u8 = 2;
+const LEAD4: u8 = 4;
+const LEAD: u8 = LEAD2 | LEAD3 | LEAD4;
+const CONTINUATION_SHIFT: u8 = 3;
+const UTF8_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            0xc2..=0xdf => LEAD2,
+            0xe0..=0xef => LEAD3,
+            0xf0..=0xf4 => LEAD4,
+            0x80..=0xbf => 1 << CONTINUATION_SHIFT,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// 1 for a continuation byte, else 0.
+#[inline(always)]
+fn continuation(b: u8) -> u8 {
+    UTF8_CLASS[b as usize] >> CONTINUATION_SHIFT
 }
 
 /// What each byte becomes outside a UTF-8 sequence: its escape, or itself. This table is the
@@ -274,7 +304,8 @@ fn decode<const CHECK: bool>(text: &[u8]) -> Result<(Vec<u8>, bool), EscapeError
         // (`\\`, `\n`, `\r` and `\t` are the only spellings of their bytes besides `\x`.)
         out[written] = byte;
         if CHECK {
-            high_run = if byte >= 0x80 { (high_run << 8) | u32::from(byte) } else { 0 };
+            let high = 0u32.wrapping_sub(u32::from(byte >> 7)); // all ones for 0x80 and above
+            high_run = ((high_run << 8) | u32::from(byte)) & high;
             canonical &= !ends_with_utf8_sequence(high_run);
         }
         written += 1;
@@ -291,12 +322,16 @@ fn decode<const CHECK: bool>(text: &[u8]) -> Result<(Vec<u8>, bool), EscapeError
 #[inline(always)]
 fn ends_with_utf8_sequence(run: u32) -> bool {
     let [b3, b2, b1, b0] = run.to_be_bytes();
-    let continuation = |b: u8| b & 0xc0 == 0x80;
-    let two = continuation(b0) & (0xc2..=0xdf).contains(&b1);
-    let three = continuation(b0) & continuation(b1) & (0xe0..=0xef).contains(&b2);
-    let four = continuation(b0) & continuation(b1) & continuation(b2) & (0xf0..=0xf4).contains(&b3);
-    two | (three && std::str::from_utf8(&[b2, b1, b0]).is_ok())
-        | (four && std::str::from_utf8(&[b3, b2, b1, b0]).is_ok())
+    // Each test is 0 or 1, combined with `&` and `|` so that only the rare candidates for a
+    // longer sequence branch.
+    let lead = |b: u8, bit: u8| u8::from(UTF8_CLASS[b as usize] & bit != 0);
+    let two = lead(b1, LEAD2) & continuation(b0);
+    let three = lead(b2, LEAD3) & continuation(b1) & continuation(b0);
+    let four = lead(b3, LEAD4) & continuation(b2) & continuation(b1) & continuation(b0);
+    let longer = (three | four) != 0
+        && (three != 0 && std::str::from_utf8(&[b2, b1, b0]).is_ok()
+            || four != 0 && std::str::from_utf8(&[b3, b2, b1, b0]).is_ok());
+    (two != 0) | longer
 }
 
 /// Whether the escaper leaves `plain` (no backslash in it) as it is.
