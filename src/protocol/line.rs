@@ -417,6 +417,9 @@ pub struct LineSession {
     ctx: Arc<Context>,
     /// Inside a line that was too long: drop bytes up to the next newline.
     skipping: bool,
+    /// How many bytes at the start of the unconsumed input are known to hold no newline: a
+    /// line of megabytes arrives over many reads, and each read searches only the new bytes.
+    searched: usize,
     /// Consecutive writes of the current input, not yet submitted. Replies keep request order
     /// because these are flushed before any other request is answered.
     pending: Vec<WriteOp>,
@@ -452,6 +455,7 @@ impl LineSession {
         LineSession {
             ctx,
             skipping: false,
+            searched: 0,
             pending: Vec::new(),
             pending_bytes: 0,
             access,
@@ -817,7 +821,10 @@ impl Session for LineSession {
         let mut consumed = 0;
         while out.len() < FLUSH_THRESHOLD && self.streaming.is_none() {
             let rest = &input[consumed..];
-            let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
+            // The input is offered again from its first unconsumed byte, so what an earlier
+            // call searched is still at the start of `rest`.
+            let from = std::mem::take(&mut self.searched).min(rest.len());
+            let Some(newline) = memchr::memchr(b'\n', &rest[from..]).map(|i| from + i) else {
                 // No whole line yet. Past the limit, answer now and drop the line's bytes as
                 // they come instead of buffering them.
                 if rest.len() > max_line {
@@ -827,6 +834,8 @@ impl Session for LineSession {
                         self.skipping = true;
                     }
                     consumed = input.len();
+                } else {
+                    self.searched = rest.len();
                 }
                 break;
             };
