@@ -118,6 +118,10 @@ impl Write for Transport {
 /// Requests buffered before [`Client::send`] writes them out by itself.
 const SEND_BUFFER: usize = 64 * 1024;
 
+/// Replies read per system call: a file's chunk arrives as one line of megabytes, which an
+/// 8 KiB buffer would read in hundreds of calls.
+const RECEIVE_BUFFER: usize = 256 * 1024;
+
 pub struct Client {
     stream: BufReader<Transport>,
     /// Requests not yet written (see [`Client::flush`]).
@@ -148,7 +152,7 @@ impl Client {
     }
 
     fn new(transport: Transport) -> Client {
-        Client { stream: BufReader::new(transport), out: Vec::new() }
+        Client { stream: BufReader::with_capacity(RECEIVE_BUFFER, transport), out: Vec::new() }
     }
 
     /// Logs in (`auth`); a refusal is [`ClientError::Server`].
