@@ -144,6 +144,16 @@ pub struct Config {
     /// point of the log.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub expiry_sweep_secs: u64,
+
+    /// A new node's first start: ask the member with this peer address to add this node
+    /// (`--node-id` must be an id the cluster never had); it is then sent the cluster's
+    /// state. Ignored once the node is a member. Needs --peer-addr.
+    #[arg(long, value_name = "ADDR", requires_all = ["node_id", "peer_addr"], conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
+
+    /// This node's own peer address (where it listens for Raft traffic), with --join.
+    #[arg(long, value_name = "ADDR", requires = "join")]
+    pub peer_addr: Option<String>,
 }
 
 impl Config {
@@ -213,6 +223,9 @@ impl Config {
             secret: self.cluster_secret.clone(),
             snapshot_entries: self.snapshot_entries,
             sweep_every: Duration::from_secs(self.expiry_sweep_secs),
+
+            join: self.join.clone(),
+            peer_addr: self.peer_addr.clone(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! A Raft cluster's snapshots and members (issue 12): the Raft log truncated behind
 //! snapshots, a restart restored from the snapshot with the same CAS uniques, a member too
-//! far behind sent the snapshot. Real `kvserver` processes on loopback (tests/common/cluster.rs);
+//! far behind sent the snapshot; a node added with `--join` while writes run, a member
+//! removed, a wiped member refused under its old id and restored under a new one. Real `kvserver` processes on loopback (tests/common/cluster.rs);
 //! every wait is a bounded poll and every process is killed by the test that started it.
 
 mod common;
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Conn};
+use common::cluster::{run_writer, until_exit, Cluster, Conn};
 use common::faults::McConn;
 use common::Server;
 
@@ -154,4 +155,172 @@ fn a_member_too_far_behind_for_the_log_is_sent_the_snapshot() {
     // It goes on from the log after the snapshot.
     let after = set_keys(node(&cluster, leader).addr, ["after".to_string()]);
     wait_for_keys(node(&cluster, behind), &after, Duration::from_secs(10));
+}
+
+/// Runs `count` writers (`run_writer`) against `addrs` until `stop`; returns their threads.
+fn start_writers(
+    count: usize,
+    addrs: Vec<SocketAddr>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(String, String)>>> {
+    (0..count)
+        .map(|w| {
+            let (addrs, stop) = (addrs.clone(), std::sync::Arc::clone(stop));
+            std::thread::spawn(move || run_writer(w, addrs, &stop))
+        })
+        .collect()
+}
+
+fn stop_writers(
+    stop: &std::sync::atomic::AtomicBool,
+    writers: Vec<std::thread::JoinHandle<Vec<(String, String)>>>,
+) -> Vec<(String, String)> {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writers.into_iter().flat_map(|w| w.join().expect("writer thread")).collect()
+}
+
+/// Polls until `node` reads every acknowledged value, then checks its database.txt.
+fn assert_has_everything(node: &Server, acknowledged: &[(String, String)], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut conn = Conn::open(node.addr);
+    for (key, value) in acknowledged {
+        loop {
+            let got = conn.ask(&format!("get {key}"));
+            if got == format!("VALUE {value}") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: acknowledged {key} reads {got:?}", node.db.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let text = std::fs::read_to_string(&node.db).unwrap();
+    for (key, value) in acknowledged {
+        assert!(text.contains(&format!("set {key} {value}\n")), "{} lacks {key}", node.db.display());
+    }
+}
+
+/// The ids in `node`'s `cluster` listing.
+fn member_ids(node: &Server) -> Vec<u64> {
+    Conn::open(node.addr)
+        .ask_listing("cluster")
+        .iter()
+        .filter_map(|line| line.strip_prefix("NODE ")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn wait_for_members(node: &Server, ids: &[u64], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = member_ids(node);
+        if got == ids {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: members {got:?}, not {ids:?}", node.db.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_joins_while_writes_run_gets_every_key_and_a_member_is_removed() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let mut cluster = Cluster::start_with(&["--snapshot-entries", "50"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(4, cluster.live().map(|(_, n)| n.addr).collect(), &stop);
+    cluster.wait_for_applied(100, Duration::from_secs(15));
+
+    // A fourth node asks a follower to be added; the leader sends it the snapshot.
+    let via = (1..=3).find(|&id| id != leader).unwrap();
+    let own = cluster.join_node(4, via);
+    let joined = node(&cluster, 4);
+    let installed = joined.wait_for_log("installed the snapshot of entry", Duration::from_secs(20));
+    assert!(installed, "{}\nleader:\n{}", joined.log(), node(&cluster, leader).log());
+    wait_for_members(node(&cluster, leader), &[1, 2, 3, 4], Duration::from_secs(10));
+    cluster.wait_for_applied(cluster.applied() + 50, Duration::from_secs(15));
+    let acknowledged = stop_writers(&stop, writers);
+    assert!(acknowledged.len() > 100, "only {} writes acknowledged", acknowledged.len());
+    assert_has_everything(node(&cluster, 4), &acknowledged, Duration::from_secs(20));
+    wait_for_members(node(&cluster, 4), &[1, 2, 3, 4], Duration::from_secs(10));
+
+    // It serves writes (forwarded to the leader) like any member.
+    let mut conn = Conn::open(node(&cluster, 4).addr);
+    assert_eq!(conn.ask("set via-four yes"), "STORED");
+    cluster.wait_everywhere("via-four", "yes", Duration::from_secs(10));
+
+    // A member removed through any node: gone from every listing, and the rest go on.
+    let removed = (1..=3).find(|&id| id != leader).unwrap();
+    assert_eq!(conn.ask(&format!("cluster remove {removed}")), "OK");
+    assert_eq!(conn.ask(&format!("cluster remove {removed}")), format!("ERROR no member {removed}"));
+    let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != removed).collect();
+    for &id in &rest {
+        wait_for_members(node(&cluster, id), &rest, Duration::from_secs(10));
+    }
+    assert!(node(&cluster, removed).wait_for_log("this node was removed", Duration::from_secs(10)));
+    cluster.nodes[removed as usize - 1].take().unwrap().kill();
+    assert_eq!(conn.ask("set after-removal yes"), "STORED");
+    cluster.wait_everywhere("after-removal", "yes", Duration::from_secs(10));
+    // Its id is never given out again.
+    let reply = conn.ask(&format!("cluster add {removed} 127.0.0.1:1"));
+    assert!(reply.contains("removed member"), "{reply}");
+
+    // Restarted with the same flags, the joined node resumes from its saved state.
+    cluster.nodes[3].take().unwrap().kill();
+    let args = cluster.join_args(4, &own, via);
+    let restarted = Server::start(&cluster.db(4), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(restarted.log().contains("--join ignored"), "{}", restarted.log());
+    let mut conn = Conn::open(restarted.addr);
+    cluster.nodes[3] = Some(restarted);
+    assert_eq!(conn.ask("set after-restart yes"), "STORED");
+    cluster.wait_everywhere("after-restart", "yes", Duration::from_secs(15));
+    assert_has_everything(node(&cluster, 4), &acknowledged, Duration::from_secs(10));
+}
+
+#[test]
+fn a_wiped_member_is_refused_under_its_old_id_and_restored_under_a_new_one_while_writes_run() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let mut cluster = Cluster::start_with(&["--snapshot-entries", "50"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let wiped = (1..=3).find(|&id| id != leader).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&id| id != wiped).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(4, others.iter().map(|&id| node(&cluster, id).addr).collect(), &stop);
+    cluster.wait_for_applied(100, Duration::from_secs(15));
+    cluster.wipe(wiped);
+
+    // Started again as it was first started, under its old id: it lost its votes and log,
+    // so the members that know it refuse it, and it stops with the reason.
+    let spec = cluster.spec.clone();
+    let old_id = wiped.to_string();
+    let args = ["--node-id", &old_id, "--initial-cluster", &spec, "--snapshot-entries", "50"];
+    let exited = until_exit(Server::try_start(&cluster.db(wiped), &args));
+    assert!(!exited.status.success(), "{}", exited.log);
+    assert!(exited.log.contains("may not take part in the cluster"), "{}", exited.log);
+    assert!(exited.log.contains("Raft state was lost or wiped"), "{}", exited.log);
+    // And asking to join under its old id is refused too.
+    cluster.wipe(wiped);
+    let own = common::cluster::peer_addr(&spec, wiped).to_string();
+    let join = cluster.join_args(wiped, &own, leader);
+    let exited = until_exit(Server::try_start(
+        &cluster.db(wiped),
+        &join.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(exited.log.contains("is already in the cluster"), "{}", exited.log);
+
+    // The procedure: a new id with --join (restored from a snapshot while the writes go
+    // on), then the old id removed.
+    cluster.wipe(wiped);
+    cluster.join_node(4, leader);
+    let restored = node(&cluster, 4);
+    let installed = restored.wait_for_log("installed the snapshot of entry", Duration::from_secs(20));
+    assert!(installed, "{}", restored.log());
+    let mut conn = Conn::open(node(&cluster, others[0]).addr);
+    assert_eq!(conn.ask(&format!("cluster remove {wiped}")), "OK");
+    let members: Vec<u64> = others.iter().copied().chain([4]).collect();
+    wait_for_members(node(&cluster, 4), &members, Duration::from_secs(10));
+    cluster.wait_for_applied(cluster.applied() + 50, Duration::from_secs(15));
+    let acknowledged = stop_writers(&stop, writers);
+    assert!(acknowledged.len() > 100, "only {} writes acknowledged", acknowledged.len());
+    assert_has_everything(node(&cluster, 4), &acknowledged, Duration::from_secs(20));
 }

@@ -41,10 +41,16 @@
 //! proposal forwarded to the leader carries no user (the leader trusts its authenticated
 //! peers).
 //!
-//! Not built yet (issue 12): membership changes (`--join`, `cluster add/remove`), restore
-//! of a wiped member, and a delayed `flush_all` on the memcached listener (refused: its
-//! timer would run outside the log).
+//! Members come and go through Raft configuration changes (`membership`): `cluster
+//! add/remove` on any node, or a new node started with `--join` (it asks a member over the
+//! peer port, is added, is sent a snapshot and goes on from the log). A node whose Raft
+//! state was wiped is refused under its old id (its peers know its old incarnation, and a
+//! leader's heartbeat shows the entries it lost); it rejoins with a new id.
+//!
+//! Not built yet (issue 12): a delayed `flush_all` on the memcached listener (refused: its
+//! timer would run outside the log); snapshots sent in chunks (see `snapshot`).
 
+pub mod membership;
 mod node;
 mod peer_auth;
 pub mod proposal;
@@ -63,10 +69,11 @@ use raft::{RawNode, StateRole};
 
 use crate::store::decide::Inputs;
 use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp};
+use membership::{Change, Control};
 use node::{Event, Node, Reply};
 use peer_auth::Secret;
 use storage::DiskStorage;
-use transport::Peer;
+use transport::Dialer;
 
 /// Most ops in one entry (their CAS uniques must fit below the next entry's).
 const MAX_ENTRY_OPS: usize = (1 << node::CAS_SHIFT) - 1;
@@ -90,7 +97,14 @@ pub struct ClusterConfig {
     pub snapshot_entries: u64,
     /// `--expiry-sweep-secs`: how often the leader proposes an expiry sweep.
     pub sweep_every: Duration,
+    /// `--join`: the peer address of a member to ask to be added (a new node's first start).
+    pub join: Option<String>,
+    /// `--peer-addr`: this node's own peer address, with `--join`.
+    pub peer_addr: Option<String>,
 }
+
+/// How often a joining node asks again until it is a member.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
 
 /// What a read on a cluster node may see (`--read-consistency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -166,6 +180,23 @@ fn resolve_peer(id: u64, addr: &str, authenticated: bool) -> Result<SocketAddr, 
         ));
     }
     Ok(resolved)
+}
+
+/// Sends `join` to the member at `target` every [`JOIN_RETRY`] until this node has been
+/// sent the cluster's state (its applied index moves), the node the request reaches
+/// proposing the change (or refusing it: the node then stops, see `node`).
+fn ask_to_join(dialer: &Dialer, target: SocketAddr, join: Control, status: &Mutex<Status>) {
+    for attempt in 1u64.. {
+        if status.lock().applied > 0 {
+            log::info!("joined the cluster");
+            return;
+        }
+        if attempt % 30 == 0 {
+            log::warn!("still not added to the cluster after {attempt} requests to {target}");
+        }
+        dialer.send_once(target, join.clone());
+        std::thread::sleep(JOIN_RETRY);
+    }
 }
 
 /// Room in a peer frame for a snapshot message's own fields besides its data.
@@ -279,16 +310,33 @@ impl Cluster {
         let mut storage = DiskStorage::open(&config.db, config.fsync)
             .map_err(|e| format!("cannot open the Raft state of {}: {e}", config.db.display()))?;
         let given = config.initial_cluster.as_deref().map(parse_members).transpose()?;
+        let joining = !storage.initialized() && config.join.is_some();
         let members = match (storage.members(), given) {
+            _ if joining => {
+                let own = config
+                    .peer_addr
+                    .clone()
+                    .ok_or("--join needs --peer-addr (this node's own peer address)")?;
+                BTreeMap::from([(config.node_id, own)])
+            }
             (Some(saved), given) => {
                 let saved = parse_members(saved)?;
                 if given.is_some_and(|given| given != saved) {
                     log::warn!("--initial-cluster ignored: this node was formed with {saved:?}");
                 }
+                if config.join.is_some() {
+                    log::info!("--join ignored: this node is a member already");
+                }
                 saved
             }
             (None, Some(given)) => given,
-            (None, None) => return Err("--node-id needs --initial-cluster on a member's first start".into()),
+            (None, None) => {
+                return Err(
+                    "--node-id needs --initial-cluster (forming a cluster) or --join (joining one) on a \
+                            member's first start"
+                        .into(),
+                )
+            }
         };
         if !members.contains_key(&config.node_id) {
             return Err(format!("--node-id {} is not a member of {members:?}", config.node_id));
@@ -300,6 +348,20 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let applied = if storage.initialized() {
             restore(&config, &storage, &store)?
+        } else if joining {
+            if store.stats().keys > 0 {
+                return Err(format!(
+                    "{} holds data but this node has no Raft state: a joining node starts from an empty \
+                     database (the cluster's snapshot replaces it)",
+                    config.db.display()
+                ));
+            }
+            log::info!(
+                "node {}: asking the member at {} to be added",
+                config.node_id,
+                config.join.as_deref().unwrap_or("")
+            );
+            0
         } else {
             if store.stats().keys > 0 {
                 return Err(format!(
@@ -339,6 +401,11 @@ impl Cluster {
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         storage.set_max_snapshot_bytes(transport::max_frame(config.max_value_bytes) - SNAPSHOT_FRAME_MARGIN);
+        let incarnation = storage.incarnation().map_err(|e| format!("cannot write the Raft state: {e}"))?;
+        let dialer = Dialer {
+            secret: secret.clone(),
+            hello: Control::Hello { id: config.node_id, incarnation, addr: own.to_string() },
+        };
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
 
         let (inbox, events) = crossbeam_channel::unbounded();
@@ -346,7 +413,7 @@ impl Cluster {
         transport::serve(listener, inbox.clone(), max_frame, secret.clone()).map_err(|e| e.to_string())?;
         let mut peers = HashMap::new();
         for &(id, addr) in addrs.iter().filter(|(id, _)| *id != config.node_id) {
-            peers.insert(id, Peer::start(id, addr, secret.clone()).map_err(|e| e.to_string())?);
+            peers.insert(id, dialer.start(id, addr).map_err(|e| e.to_string())?);
         }
         let status = Arc::new(Mutex::new(Status { id: config.node_id, ..Status::default() }));
         let node = Node::new(
@@ -363,6 +430,7 @@ impl Cluster {
                 snapshot_entries: config.snapshot_entries,
                 sweep_every: config.sweep_every,
                 applied,
+                dialer: dialer.clone(),
             },
         );
         node.publish_status();
@@ -375,6 +443,16 @@ impl Cluster {
                 }
             })
             .map_err(|e| e.to_string())?;
+        if joining {
+            let target = config.join.as_deref().unwrap_or_default();
+            let target = resolve_peer(0, target, secret.is_some())?;
+            let join = Control::Join { id: config.node_id, addr: own.to_string(), incarnation };
+            let status = Arc::clone(&status);
+            std::thread::Builder::new()
+                .name("join".into())
+                .spawn(move || ask_to_join(&dialer, target, join, &status))
+                .map_err(|e| e.to_string())?;
+        }
         Ok(Arc::new(Cluster {
             inbox,
             status,
@@ -431,6 +509,19 @@ impl Cluster {
         answer
             .recv_timeout(self.timeout + Duration::from_secs(2))
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the raft thread did not answer".into())))
+    }
+
+    /// `cluster add/remove`: proposes the change through Raft and returns once it is applied
+    /// on this node (or why it was refused, or timed out).
+    pub fn change_members(&self, change: Change) -> Result<(), String> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + self.timeout;
+        if self.inbox.send(Event::Change { change, reply, deadline }).is_err() {
+            return Err(StoreError::Closed.to_string());
+        }
+        answer
+            .recv_timeout(self.timeout + Duration::from_secs(2))
+            .unwrap_or_else(|_| Err("the raft thread did not answer".into()))
     }
 
     /// This node's view of the cluster.

@@ -28,6 +28,12 @@
 //! before any entry after it is applied. As leader, a snapshot a follower has not taken
 //! within `SNAPSHOT_ANSWER_TIMEOUT` is reported failed, so raft-rs sends it again.
 //!
+//! Members (`membership`): a configuration change entry is applied with raft-rs's
+//! `apply_conf_change`; the new voters, the members' addresses and their identities go to
+//! `storage`, senders to new members start and those to removed ones stop. A `hello` from a
+//! member with an incarnation other than the one first seen, or a heartbeat that commits
+//! entries this node lacks, marks a wiped member under its old id: refused / stopped.
+//!
 //! An entry (or a snapshot) the store cannot apply (a full disk) stops applying: it is
 //! retried each tick and nothing after it is applied meanwhile, so the node never skips an
 //! entry. Raft state
@@ -40,12 +46,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 
+use super::membership::{Change, ChangeContext, Control, REMOVED};
 use super::proposal::{restamp, Proposal};
 use super::storage::DiskStorage;
-use super::transport::Peer;
+use super::transport::{Dialer, Peer};
 use super::{MemberStatus, Role, Status};
 use crate::store::decide::Inputs;
 use crate::store::{unix_now, FsyncPolicy, Store, StoreError, WriteOp, WriteOutcome};
@@ -70,6 +78,15 @@ pub(crate) type FenceReply = Result<(), StoreError>;
 /// waiting for ever: Raft sends nothing else to a member it is sending a snapshot to).
 const SNAPSHOT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a node whose Raft state is gone must not come back under its id, and what to do.
+fn lost_state(id: u64) -> String {
+    format!(
+        "its Raft state was lost or wiped, and a member that forgot its votes and log must not come \
+         back under its old id (Raft's safety would break); start it with --join <member> and a new \
+         --node-id, then `cluster remove {id}`"
+    )
+}
+
 /// The node's settings, from `ClusterConfig`.
 pub struct Settings {
     pub fsync: FsyncPolicy,
@@ -79,6 +96,8 @@ pub struct Settings {
     pub sweep_every: Duration,
     /// The index the store holds at start (its snapshot's, or 0).
     pub applied: u64,
+    /// How this node connects to peers (secret, `hello`).
+    pub dialer: Dialer,
 }
 
 /// What the raft thread is asked to do.
@@ -95,6 +114,20 @@ pub enum Event {
         reply: Sender<FenceReply>,
         deadline: Instant,
     },
+    /// A control frame from a peer connection, which waits for the verdict (`false`: the
+    /// connection is closed).
+    Control(Control, Sender<bool>),
+    /// `cluster add/remove`: answered once the change is applied here.
+    Change {
+        change: Change,
+        reply: Sender<Result<(), String>>,
+        deadline: Instant,
+    },
+}
+
+struct PendingChange {
+    reply: Sender<Result<(), String>>,
+    deadline: Instant,
 }
 
 struct Pending {
@@ -230,6 +263,19 @@ pub struct Node {
     /// Members this leader has logged as not answering.
     silent: Vec<u64>,
     seen_leader: (u64, u64),
+    dialer: Dialer,
+    pending_changes: HashMap<u64, PendingChange>,
+    /// `--join` requests proposed, and when (a node asks again every second).
+    joins_proposed: HashMap<u64, Instant>,
+    /// Take a snapshot after this round whatever the count (a member was added).
+    snapshot_now: bool,
+    /// Peer addresses of nodes that are not (yet) members, from their `hello`: where a
+    /// joining node sends its answers to the leader.
+    contacts: HashMap<u64, String>,
+    /// Identities refused and logged (each logged once).
+    refused: Vec<(u64, u64)>,
+    /// Raft state that could not be written while applying: stops the node.
+    state_failure: Option<std::io::Error>,
 }
 
 impl Node {
@@ -275,6 +321,13 @@ impl Node {
             last_contact,
             silent: Vec::new(),
             seen_leader: (0, 0),
+            dialer: settings.dialer,
+            pending_changes: HashMap::new(),
+            joins_proposed: HashMap::new(),
+            snapshot_now: false,
+            refused: Vec::new(),
+            contacts: HashMap::new(),
+            state_failure: None,
         }
     }
 
@@ -314,6 +367,7 @@ impl Node {
             self.propose_waiting();
             self.fences.ask(&mut self.raw, now);
             self.on_ready()?;
+            self.maybe_snapshot()?;
             self.note_leader();
             self.publish_status();
         }
@@ -333,12 +387,15 @@ impl Node {
                 {
                     // A follower's forwarded proposal: the leader's clock goes into the log.
                     let stamp = unix_now();
-                    for entry in message.entries.iter_mut() {
+                    let writes =
+                        message.entries.iter_mut().filter(|e| e.get_entry_type() == EntryType::EntryNormal);
+                    for entry in writes {
                         let mut data = entry.data.to_vec();
                         restamp(&mut data, stamp);
                         entry.data = data.into();
                     }
                 }
+                self.refuse_if_state_lost(&message);
                 if let Err(e) = self.raw.step(*message) {
                     log::debug!("raft message from {from} not taken: {e}");
                 }
@@ -352,6 +409,294 @@ impl Node {
                 self.waiting.push_back((request, data));
             }
             Event::Fence { reply, deadline } => self.fences.new.push(PendingFence { reply, deadline }),
+            Event::Control(control, verdict) => {
+                let accepted = self.on_control(control);
+                let _ = verdict.send(accepted);
+            }
+            Event::Change { change, reply, deadline } => {
+                if let Err(e) = self.propose_change(change, deadline, &reply) {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// A peer's `hello`, `join` or `refused`; whether its connection may go on.
+    fn on_control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Hello { id, incarnation, addr } => {
+                if !self.addrs.contains_key(&id) {
+                    // A joining node answers the leader before it knows the members.
+                    self.contacts.insert(id, addr);
+                }
+                self.check_identity(id, incarnation)
+            }
+            Control::Join { id, addr, incarnation } => {
+                self.on_join(id, &addr, incarnation);
+                true
+            }
+            Control::Refused(reason) => {
+                log::error!("this node may not take part in the cluster: {reason}; stopping");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// Accepts member `id`'s connection if `incarnation` is the one first seen for it (a
+    /// first contact records it); a different one is a member whose Raft state was wiped,
+    /// told so and refused.
+    fn check_identity(&mut self, id: u64, incarnation: u64) -> bool {
+        if !self.addrs.contains_key(&id) && self.raw.store().known_incarnation(id) != Some(REMOVED) {
+            return true; // not a member (yet): Raft ignores what it sends
+        }
+        let known = self.raw.store().known_incarnation(id);
+        match known {
+            Some(seen) if seen == incarnation => true,
+            None | Some(0) => {
+                if let Err(e) = self.raw.mut_store().record_incarnation(id, incarnation) {
+                    self.state_failure.get_or_insert(e);
+                    return false;
+                }
+                true
+            }
+            Some(seen) => {
+                let reason = if seen == REMOVED {
+                    format!("member {id} was removed from the cluster; start a new node with --join and a new --node-id")
+                } else {
+                    format!("member {id} is known with another identity: {}", lost_state(id))
+                };
+                if !self.refused.contains(&(id, incarnation)) {
+                    log::warn!("refused a connection of {reason}");
+                    self.refused.push((id, incarnation));
+                }
+                if let Some(addr) = self.addrs.get(&id).and_then(|a| a.parse().ok()) {
+                    self.dialer.send_once(addr, Control::Refused(reason));
+                }
+                false
+            }
+        }
+    }
+
+    /// Stops this node if `message` shows it lost Raft state that a peer relied on: a
+    /// heartbeat committing entries this node does not have (its leader counted them as
+    /// stored here) — a wiped member started again under its old id. Raft itself would
+    /// panic on that heartbeat.
+    fn refuse_if_state_lost(&self, message: &Message) {
+        let last = self.raw.raft.raft_log.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+            log::error!(
+                "this node may not take part in the cluster: the leader (member {}) counts entries up to {} \
+                 as stored here, but this node's Raft log ends at {last}: {}; stopping",
+                message.from,
+                message.commit,
+                lost_state(self.id)
+            );
+            std::process::exit(1);
+        }
+    }
+
+    /// A new node asks to be added (`--join`): proposed as an `AddNode`, or refused if its
+    /// id is or was another node's.
+    fn on_join(&mut self, id: u64, addr: &str, incarnation: u64) {
+        let known = self.raw.store().known_incarnation(id);
+        let refusal = if id == 0 {
+            Some("node id 0 is not allowed".to_string())
+        } else if known == Some(REMOVED) {
+            Some(format!("id {id} belonged to a member that was removed; join with a new --node-id"))
+        } else if self.addrs.contains_key(&id) {
+            match known {
+                // Asked again while the snapshot is on its way.
+                Some(seen) if seen == incarnation => return,
+                // Added by `cluster add`, which does not know the incarnation: this is it.
+                None | Some(0) => {
+                    if let Err(e) = self.raw.mut_store().record_incarnation(id, incarnation) {
+                        self.state_failure.get_or_insert(e);
+                    }
+                    return;
+                }
+                Some(_) => {}
+            }
+            Some(format!(
+                "member {id} is already in the cluster (this node's Raft state was lost or wiped?): \
+                 join with a new --node-id, then `cluster remove {id}`"
+            ))
+        } else {
+            super::resolve_peer(id, addr, self.dialer.secret.is_some()).err()
+        };
+        let Ok(target) = addr.parse() else {
+            log::warn!("join request of node {id} with an unusable address {addr}");
+            return;
+        };
+        if let Some(reason) = refusal {
+            log::warn!("refused the join request of node {id} at {addr}: {reason}");
+            self.dialer.send_once(target, Control::Refused(reason));
+            return;
+        }
+        let now = Instant::now();
+        if self.joins_proposed.get(&id).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(5)) {
+            return;
+        }
+        self.joins_proposed.insert(id, now);
+        let context =
+            ChangeContext { origin: 0, boot: 0, request: 0, incarnation, addr: Some(addr.to_string()) };
+        match self.propose_conf_change(ConfChangeType::AddNode, id, &context) {
+            Ok(()) => log::info!("node {id} at {addr} asks to join: proposed adding it"),
+            Err(e) => log::info!("node {id} at {addr} asks to join, not proposed yet: {e}"),
+        }
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        kind: ConfChangeType,
+        id: u64,
+        context: &ChangeContext,
+    ) -> Result<(), String> {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err("no leader".into());
+        }
+        let mut change = ConfChange::default();
+        change.set_change_type(kind);
+        change.node_id = id;
+        change.context = context.encode().into();
+        self.raw.propose_conf_change(context.encode(), change).map_err(|e| e.to_string())
+    }
+
+    /// `cluster add/remove` on this node: checked, then proposed; answered once applied.
+    fn propose_change(
+        &mut self,
+        change: Change,
+        deadline: Instant,
+        reply: &Sender<Result<(), String>>,
+    ) -> Result<(), String> {
+        let request = self.next_request;
+        self.next_request += 1;
+        let mut context =
+            ChangeContext { origin: self.id, boot: self.boot, request, incarnation: 0, addr: None };
+        let (kind, id) = match &change {
+            Change::Add { id, addr } => {
+                if self.addrs.contains_key(id) {
+                    return Err(format!("member {id} is already in the cluster"));
+                }
+                if self.raw.store().known_incarnation(*id) == Some(REMOVED) {
+                    return Err(format!("id {id} belonged to a removed member and may not be used again"));
+                }
+                super::resolve_peer(*id, addr, self.dialer.secret.is_some())?;
+                context.addr = Some(addr.clone());
+                (ConfChangeType::AddNode, *id)
+            }
+            Change::Remove { id } => {
+                if !self.addrs.contains_key(id) {
+                    return Err(format!("no member {id}"));
+                }
+                if self.addrs.len() == 1 {
+                    return Err("the last member cannot be removed".into());
+                }
+                (ConfChangeType::RemoveNode, *id)
+            }
+        };
+        self.propose_conf_change(kind, id, &context)?;
+        log::info!("proposed to {change}");
+        self.pending_changes.insert(request, PendingChange { reply: reply.clone(), deadline });
+        Ok(())
+    }
+
+    /// Applies a committed configuration change: Raft's voters, the members' addresses and
+    /// senders, the identities; answers the node that asked.
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        let Ok(change) = ConfChange::parse_from_bytes(&entry.data) else {
+            log::error!("configuration change entry {} skipped: undecodable", entry.index);
+            return;
+        };
+        let context = ChangeContext::decode(&entry.context);
+        let id = change.node_id;
+        let outcome = self.raw.apply_conf_change(&change).map_err(|e| e.to_string()).and_then(|conf| {
+            let written = self.record_change(&change, context.as_ref(), &conf);
+            written.map_err(|e| {
+                let message = e.to_string();
+                self.state_failure.get_or_insert(e);
+                message
+            })
+        });
+        match &outcome {
+            Ok(()) => log::info!(
+                "configuration change {} applied: {:?} member {id}; members now {}",
+                entry.index,
+                change.get_change_type(),
+                super::format_members(&self.addrs)
+            ),
+            Err(e) => log::warn!("configuration change {} not applied: {e}", entry.index),
+        }
+        if let Some(context) = context.filter(|c| c.origin == self.id && c.boot == self.boot) {
+            if let Some(pending) = self.pending_changes.remove(&context.request) {
+                let _ = pending.reply.send(outcome);
+            }
+        }
+    }
+
+    fn record_change(
+        &mut self,
+        change: &ConfChange,
+        context: Option<&ChangeContext>,
+        conf: &raft::eraftpb::ConfState,
+    ) -> std::io::Result<()> {
+        let id = change.node_id;
+        match change.get_change_type() {
+            ConfChangeType::AddNode => {
+                let addr = context.and_then(|c| c.addr.clone()).unwrap_or_default();
+                let incarnation = context.map_or(0, |c| c.incarnation);
+                if incarnation != 0 && self.raw.store().known_incarnation(id).is_none() {
+                    self.raw.mut_store().record_incarnation(id, incarnation)?;
+                }
+                self.addrs.insert(id, addr);
+                // The new member is sent a snapshot that already counts it.
+                self.snapshot_now = true;
+            }
+            ConfChangeType::RemoveNode => {
+                self.addrs.remove(&id);
+                self.raw.mut_store().record_incarnation(id, REMOVED)?;
+                if id == self.id {
+                    log::warn!("this node was removed from the cluster: it takes no further part");
+                }
+            }
+            ConfChangeType::AddLearnerNode => {}
+        }
+        self.connect_members();
+        let storage = self.raw.mut_store();
+        storage.set_conf(conf)?;
+        storage.set_members(&super::format_members(&self.addrs))?;
+        storage.sync_if_dirty()
+    }
+
+    /// Starts a sender to a node known only from its `hello` (this node is joining).
+    fn contact(&mut self, id: u64) {
+        let Some(addr) = self.contacts.get(&id).and_then(|a| a.parse().ok()) else { return };
+        match self.dialer.start(id, addr) {
+            Ok(peer) => {
+                self.peers.insert(id, peer);
+            }
+            Err(e) => log::warn!("cannot start the connection to node {id} at {addr}: {e}"),
+        }
+    }
+
+    /// Starts a sender for every member without one, and drops those of former members.
+    fn connect_members(&mut self) {
+        self.peers.retain(|id, _| self.addrs.contains_key(id));
+        self.last_contact.retain(|id, _| self.addrs.contains_key(id));
+        for (&id, addr) in &self.addrs {
+            if id == self.id || self.peers.contains_key(&id) {
+                continue;
+            }
+            match addr
+                .parse()
+                .map_err(|e| format!("{e}"))
+                .and_then(|a| self.dialer.start(id, a).map_err(|e| e.to_string()))
+            {
+                Ok(peer) => {
+                    self.peers.insert(id, peer);
+                    self.last_contact.insert(id, Instant::now());
+                }
+                Err(e) => log::error!("cannot start the connection to member {id} at {addr}: {e}"),
+            }
         }
     }
 
@@ -421,6 +766,18 @@ impl Node {
             let _ = pending.reply.send(vec![Err(StoreError::Unavailable(why))]);
             false
         });
+        self.pending_changes.retain(|_, pending| {
+            if pending.deadline > now {
+                return true;
+            }
+            let why = if leaderless {
+                "no leader"
+            } else {
+                "not applied within --cluster-timeout (it may still be)"
+            };
+            let _ = pending.reply.send(Err(why.to_string()));
+            false
+        });
         let why = if leaderless {
             "no leader"
         } else {
@@ -440,6 +797,9 @@ impl Node {
                     message.get_snapshot().data.len()
                 );
                 self.snapshots_sent.insert(message.to, Instant::now());
+            }
+            if !self.peers.contains_key(&message.to) {
+                self.contact(message.to);
             }
             match self.peers.get(&message.to) {
                 Some(peer) => peer.send(message),
@@ -485,7 +845,7 @@ impl Node {
         self.send(light.take_messages());
         self.to_apply.extend(light.take_committed_entries());
         self.apply_queue();
-        self.maybe_snapshot()
+        Ok(())
     }
 
     /// Installs a received snapshot in the store, then applies committed entries in order,
@@ -533,10 +893,22 @@ impl Node {
         let started = Instant::now();
         let index = snapshot.get_metadata().index;
         // A snapshot this binary cannot read is corruption: every later entry depends on it.
-        let (_, items) = super::snapshot::decode(&snapshot.data)
+        let (members, items) = super::snapshot::decode(&snapshot.data)
+            .map_err(|e| StoreError::Io(format!("the snapshot of entry {index}: {e}")))?;
+        let members = super::parse_members(members)
             .map_err(|e| StoreError::Io(format!("the snapshot of entry {index}: {e}")))?;
         self.store.replace_all(items)?;
         self.applied = index;
+        if members != self.addrs {
+            self.addrs = members;
+            self.connect_members();
+            let text = super::format_members(&self.addrs);
+            if let Err(e) =
+                self.raw.mut_store().set_members(&text).and_then(|()| self.raw.mut_store().sync_if_dirty())
+            {
+                self.state_failure.get_or_insert(e);
+            }
+        }
         if self.apply_failing {
             log::info!("snapshot installed: applying committed entries again");
             self.apply_failing = false;
@@ -553,10 +925,20 @@ impl Node {
     /// applied index (durably), then compacts the Raft log up to the previous snapshot, so
     /// a follower a little behind still catches up from the log.
     fn maybe_snapshot(&mut self) -> std::io::Result<()> {
+        if let Some(e) = self.state_failure.take() {
+            return Err(e);
+        }
         let previous = self.raw.store().snapshot_index();
-        if self.installing.is_some() || self.applied < previous + self.snapshot_entries {
+        let forced = std::mem::take(&mut self.snapshot_now) | self.raw.store().take_snapshot_wanted();
+        if self.installing.is_some()
+            || self.applied <= previous
+            || (!forced && self.applied < previous + self.snapshot_entries)
+        {
             return Ok(());
         }
+        // After a member joined, the log is compacted up to this snapshot: a new member
+        // must start from a snapshot (the first members are in no entry of the log).
+        let compact_to = if forced { self.applied } else { previous };
         let started = Instant::now();
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(std::io::Error::other)?;
@@ -571,9 +953,9 @@ impl Node {
         storage.save_snapshot(&snapshot)?;
         let saved = started.elapsed();
         let before = storage.log_bytes();
-        storage.compact_to(previous)?;
+        storage.compact_to(compact_to)?;
         log::info!(
-            "snapshot of entry {index} saved ({} bytes, {} ms); Raft log compacted up to entry {previous}: \
+            "snapshot of entry {index} saved ({} bytes, {} ms); Raft log compacted up to entry {compact_to}: \
              {before} -> {} bytes ({} ms in all)",
             snapshot.data.len(),
             saved.as_millis(),
@@ -606,12 +988,19 @@ impl Node {
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), StoreError> {
-        if entry.get_entry_type() != EntryType::EntryNormal {
-            log::warn!(
-                "configuration change entry {} ignored: membership changes are not built",
-                entry.index
-            );
-            return Ok(());
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => {}
+            EntryType::EntryConfChange => {
+                self.apply_conf_change(entry);
+                return Ok(());
+            }
+            EntryType::EntryConfChangeV2 => {
+                log::warn!(
+                    "configuration change entry {} ignored: only simple changes are made",
+                    entry.index
+                );
+                return Ok(());
+            }
         }
         if entry.data.is_empty() {
             return Ok(()); // a new leader's empty entry

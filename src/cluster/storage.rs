@@ -10,6 +10,9 @@
 //!         'T'  the log starts after index:u64 LE of term:u64 LE (written at the head of a
 //!              compacted file, and when a snapshot from the leader replaces the log)
 //!         'E'  one log entry (protobuf `Entry`)
+//!         'N'  this node's incarnation: u64 LE (drawn when the state is created)
+//!         'I'  a peer's incarnation as first seen: id:u64 LE incarnation:u64 LE (u64::MAX:
+//!              that id was removed; see `membership`)
 //!         'S'  (the `snapshot` file's only record) protobuf `Snapshot`: index, term and
 //!              conf state of the last entry it covers, and the data (`cluster::snapshot`)
 //! ```
@@ -34,6 +37,7 @@
 //! whole file or the other. A snapshot newer than the log (a crash between installing a
 //! leader's snapshot and writing its `T`) wins at load: the log is emptied up to it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -58,13 +62,24 @@ enum Kind {
     Start = b'T' as isize,
     Entry = b'E' as isize,
     Snapshot = b'S' as isize,
+    Incarnation = b'N' as isize,
+    Known = b'I' as isize,
 }
 
 impl Kind {
     fn from_byte(b: u8) -> Option<Kind> {
-        [Kind::Members, Kind::Conf, Kind::Hard, Kind::Start, Kind::Entry, Kind::Snapshot]
-            .into_iter()
-            .find(|k| *k as u8 == b)
+        [
+            Kind::Members,
+            Kind::Conf,
+            Kind::Hard,
+            Kind::Start,
+            Kind::Entry,
+            Kind::Snapshot,
+            Kind::Incarnation,
+            Kind::Known,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == b)
     }
 }
 
@@ -78,11 +93,16 @@ fn record(kind: Kind, payload: &[u8]) -> Vec<u8> {
     record
 }
 
-fn start_payload(index: u64, term: u64) -> [u8; 16] {
+/// Two numbers, as `T` and `I` records hold them.
+fn pair_payload(first: u64, second: u64) -> [u8; 16] {
     let mut payload = [0; 16];
-    payload[..8].copy_from_slice(&index.to_le_bytes());
-    payload[8..].copy_from_slice(&term.to_le_bytes());
+    payload[..8].copy_from_slice(&first.to_le_bytes());
+    payload[8..].copy_from_slice(&second.to_le_bytes());
     payload
+}
+
+fn read_u64(payload: &[u8], at: usize) -> Option<u64> {
+    payload.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
 }
 
 fn encode(message: &impl protobuf::Message) -> io::Result<Vec<u8>> {
@@ -114,6 +134,13 @@ pub struct DiskStorage {
     snapshot: SnapshotMetadata,
     /// Largest snapshot sent to a follower (what one peer frame carries).
     max_snapshot_bytes: usize,
+    /// Set when a follower needs a snapshot the saved one cannot serve (it predates that
+    /// follower's joining): the raft thread takes a fresh one.
+    snapshot_wanted: std::cell::Cell<bool>,
+    /// This node's incarnation (0 until drawn).
+    incarnation: u64,
+    /// Each peer's incarnation as first seen (or `membership::REMOVED`).
+    known: BTreeMap<u64, u64>,
 }
 
 impl DiskStorage {
@@ -155,6 +182,9 @@ impl DiskStorage {
             entries: Vec::new(),
             snapshot: SnapshotMetadata::default(),
             max_snapshot_bytes: usize::MAX,
+            snapshot_wanted: std::cell::Cell::new(false),
+            incarnation: 0,
+            known: BTreeMap::new(),
         };
         let good = storage.replay(&bytes)?;
         if good < bytes.len() as u64 {
@@ -188,13 +218,19 @@ impl DiskStorage {
                 Kind::Conf => self.conf = ConfState::parse_from_bytes(payload).map_err(|_| bad("conf"))?,
                 Kind::Hard => self.hard = HardState::parse_from_bytes(payload).map_err(|_| bad("hard"))?,
                 Kind::Start => {
-                    let number = |range: std::ops::Range<usize>| {
-                        payload.get(range).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
-                    };
-                    let (Some(index), Some(term)) = (number(0..8), number(8..16)) else {
+                    let (Some(index), Some(term)) = (read_u64(payload, 0), read_u64(payload, 8)) else {
                         return Err(bad("log start"));
                     };
                     self.reset_log(index, term);
+                }
+                Kind::Incarnation => {
+                    self.incarnation = read_u64(payload, 0).ok_or_else(|| bad("incarnation"))?
+                }
+                Kind::Known => {
+                    let (Some(id), Some(incarnation)) = (read_u64(payload, 0), read_u64(payload, 8)) else {
+                        return Err(bad("known incarnation"));
+                    };
+                    self.known.insert(id, incarnation);
                 }
                 Kind::Entry => {
                     let entry = Entry::parse_from_bytes(payload).map_err(|_| bad("entry"))?;
@@ -262,6 +298,37 @@ impl DiskStorage {
             self.members = Some(members.to_string());
         }
         Ok(())
+    }
+
+    /// This node's incarnation, drawn and saved (durably) the first time it is asked for.
+    pub fn incarnation(&mut self) -> io::Result<u64> {
+        if self.incarnation == 0 {
+            let incarnation = super::membership::new_incarnation();
+            self.append_record(Kind::Incarnation, &incarnation.to_le_bytes())?;
+            self.sync_if_dirty()?;
+            self.incarnation = incarnation;
+        }
+        Ok(self.incarnation)
+    }
+
+    /// The incarnation first seen for member `id` (or `membership::REMOVED`).
+    pub fn known_incarnation(&self, id: u64) -> Option<u64> {
+        self.known.get(&id).copied()
+    }
+
+    /// Records member `id`'s incarnation, durably.
+    pub fn record_incarnation(&mut self, id: u64, incarnation: u64) -> io::Result<()> {
+        if self.known.get(&id) != Some(&incarnation) {
+            self.append_record(Kind::Known, &pair_payload(id, incarnation))?;
+            self.sync_if_dirty()?;
+            self.known.insert(id, incarnation);
+        }
+        Ok(())
+    }
+
+    /// Whether a follower asked for a snapshot newer than the saved one (and clears it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// Records who votes after a configuration change (synced with the next `persist`).
@@ -382,7 +449,7 @@ impl DiskStorage {
     pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
         self.save_snapshot(snapshot)?;
         let meta = snapshot.get_metadata();
-        self.append_record(Kind::Start, &start_payload(meta.index, meta.term))?;
+        self.append_record(Kind::Start, &pair_payload(meta.index, meta.term))?;
         self.reset_log(meta.index, meta.term);
         self.set_conf(meta.get_conf_state())?;
         if self.hard.commit < meta.index {
@@ -410,9 +477,15 @@ impl DiskStorage {
         if let Some(members) = &self.members {
             out.extend(record(Kind::Members, members.as_bytes()));
         }
+        if self.incarnation != 0 {
+            out.extend(record(Kind::Incarnation, &self.incarnation.to_le_bytes()));
+        }
+        for (&id, &incarnation) in &self.known {
+            out.extend(record(Kind::Known, &pair_payload(id, incarnation)));
+        }
         out.extend(record(Kind::Conf, &encode(&self.conf)?));
         out.extend(record(Kind::Hard, &encode(&self.hard)?));
-        out.extend(record(Kind::Start, &start_payload(index, term)));
+        out.extend(record(Kind::Start, &pair_payload(index, term)));
         for entry in keep {
             out.extend(record(Kind::Entry, &encode(entry)?));
         }
@@ -536,6 +609,12 @@ impl raft::Storage for DiskStorage {
                 return Err(temporarily());
             }
         };
+        let conf = snapshot.get_metadata().get_conf_state();
+        if !conf.voters.contains(&to) && !conf.learners.contains(&to) {
+            // It predates `to`'s joining: `to` would refuse it. Ask for a fresh one.
+            self.snapshot_wanted.set(true);
+            return Err(temporarily());
+        }
         if snapshot.data.len() > self.max_snapshot_bytes {
             log::error!(
                 "member {to} needs a snapshot, but it is {} bytes and a peer frame carries at most {}: \

@@ -1,8 +1,16 @@
 //! Peer transport: Raft messages over TCP, one connection per direction and peer.
 //!
 //! ```text
-//! frame = len:u32 BE  protobuf(eraftpb::Message)[len]
+//! frame = len:u32 BE  protobuf(eraftpb::Message)[len]       a Raft message
+//!       | 0xFFFFFFFF  len:u32 BE  text[len]                  a control frame (`membership`):
+//!                                                            hello, join or refused
 //! ```
+//!
+//! Every connection a node opens starts with a `hello` (its id and incarnation); the
+//! receiving side asks the raft thread whether it accepts that identity before it passes on
+//! anything else from the connection. `join` and `refused` go on a connection of their own
+//! ([`Dialer::send_once`]): a new node asking a member to be added, a member telling a node
+//! it may not take part.
 //!
 //! Each node listens on its own peer address; a thread per accepted connection reads frames
 //! and hands the messages to the raft thread. For each other member a sender thread owns an
@@ -30,6 +38,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
+use super::membership::Control;
+use super::node::Event;
 use super::peer_auth::{self, Secret};
 
 /// Messages queued to one peer before more are dropped.
@@ -46,7 +56,21 @@ pub fn max_frame(max_value_bytes: usize) -> usize {
 }
 
 /// Where received messages go (the raft thread's inbox).
-pub type Inbox = Sender<super::node::Event>;
+pub type Inbox = Sender<Event>;
+
+/// The length that marks a control frame (no Raft frame is that long).
+const CONTROL: u32 = u32::MAX;
+/// Longest control frame text.
+const MAX_CONTROL: usize = 4096;
+/// How long a connection waits for the raft thread's verdict on its `hello`.
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One frame read from a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Raft(Message),
+    Control(Control),
+}
 
 /// Accepts peer connections on `listener` (authenticated with `secret` if given) and
 /// forwards every message to `inbox`.
@@ -119,8 +143,20 @@ fn receive(
     };
     loop {
         match read_frame(&mut reader, max_frame) {
-            Ok(Some(message)) => {
-                if inbox.send(super::node::Event::Peer(Box::new(message))).is_err() {
+            Ok(Some(Frame::Raft(message))) => {
+                if inbox.send(Event::Peer(Box::new(message))).is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Frame::Control(control))) => {
+                // Nothing more is read from the connection until the raft thread has taken
+                // it: after a refused `hello`, nothing of that peer reaches Raft.
+                let (verdict, answer) = crossbeam_channel::bounded(1);
+                if inbox.send(Event::Control(control, verdict)).is_err() {
+                    return;
+                }
+                if answer.recv_timeout(VERDICT_TIMEOUT) != Ok(true) {
+                    log::debug!("peer connection from {peer} closed: its identity was not accepted");
                     return;
                 }
             }
@@ -138,25 +174,34 @@ fn receive(
 }
 
 /// Reads one frame; `None` at a clean end of stream.
-pub fn read_frame(reader: &mut impl Read, max_frame: usize) -> io::Result<Option<Message>> {
+pub fn read_frame(reader: &mut impl Read, max_frame: usize) -> io::Result<Option<Frame>> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let control = u32::from_be_bytes(len) == CONTROL;
+    if control {
+        reader.read_exact(&mut len)?;
+    }
     let len = u32::from_be_bytes(len) as usize;
-    if len > max_frame {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("peer frame of {len} bytes exceeds the limit of {max_frame}"),
-        ));
+    let limit = if control { MAX_CONTROL } else { max_frame };
+    if len > limit {
+        return Err(bad(format!("peer frame of {len} bytes exceeds the limit of {limit}")));
     }
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload)?;
+    if control {
+        return match Control::decode(&payload) {
+            Some(control) => Ok(Some(Frame::Control(control))),
+            None => Err(bad("bad peer control frame".into())),
+        };
+    }
     Message::parse_from_bytes(&payload)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad peer message: {e}")))
+        .map(|message| Some(Frame::Raft(message)))
+        .map_err(|e| bad(format!("bad peer message: {e}")))
 }
 
 pub fn write_frame(writer: &mut impl Write, message: &Message) -> io::Result<()> {
@@ -165,19 +210,57 @@ pub fn write_frame(writer: &mut impl Write, message: &Message) -> io::Result<()>
     writer.write_all(&payload)
 }
 
+pub fn write_control(writer: &mut impl Write, control: &Control) -> io::Result<()> {
+    let payload = control.encode();
+    writer.write_all(&CONTROL.to_be_bytes())?;
+    writer.write_all(&(payload.len() as u32).to_be_bytes())?;
+    writer.write_all(&payload)
+}
+
+/// How this node opens connections to peers: the cluster secret, and the `hello` that
+/// starts each connection.
+#[derive(Clone)]
+pub struct Dialer {
+    pub secret: Option<Arc<Secret>>,
+    pub hello: Control,
+}
+
+impl Dialer {
+    /// Starts the sender thread for the member `id` at `addr`.
+    pub fn start(&self, id: u64, addr: SocketAddr) -> io::Result<Peer> {
+        Peer::start(id, addr, self.clone())
+    }
+
+    /// Sends one control frame to `addr` on a connection of its own, from another thread
+    /// (best effort: a failure is logged at debug level).
+    pub fn send_once(&self, addr: SocketAddr, control: Control) {
+        let secret = self.secret.clone();
+        let sent = std::thread::Builder::new().name("peer-once".into()).spawn(move || {
+            let result = connect(addr, secret.as_deref())
+                .and_then(|mut writer| write_control(&mut writer, &control).and_then(|()| writer.flush()));
+            if let Err(e) = result {
+                log::debug!("cannot send {control:?} to {addr}: {e}");
+            }
+        });
+        if let Err(e) = sent {
+            log::warn!("cannot start a thread to reach {addr}: {e}");
+        }
+    }
+}
+
 /// The sending side towards one peer.
 pub struct Peer {
     queue: Sender<Message>,
 }
 
 impl Peer {
-    /// Starts the sender thread for the member `id` at `addr` (authenticating with
-    /// `secret` if given).
-    pub fn start(id: u64, addr: SocketAddr, secret: Option<Arc<Secret>>) -> io::Result<Peer> {
+    /// Starts the sender thread for the member `id` at `addr` (authenticating with the
+    /// dialer's secret if given). It ends when the `Peer` is dropped.
+    fn start(id: u64, addr: SocketAddr, dialer: Dialer) -> io::Result<Peer> {
         let (queue, rx) = crossbeam_channel::bounded(QUEUE);
         std::thread::Builder::new()
             .name(format!("peer-out-{id}"))
-            .spawn(move || send_loop(id, addr, secret.as_deref(), &rx))?;
+            .spawn(move || send_loop(id, addr, &dialer, &rx))?;
         Ok(Peer { queue })
     }
 
@@ -190,14 +273,14 @@ impl Peer {
     }
 }
 
-fn send_loop(id: u64, addr: SocketAddr, secret: Option<&Secret>, rx: &Receiver<Message>) {
+fn send_loop(id: u64, addr: SocketAddr, dialer: &Dialer, rx: &Receiver<Message>) {
     let mut conn: Option<BufWriter<Box<dyn Write>>> = None;
     let mut next_attempt = Instant::now();
     while let Ok(message) = rx.recv() {
         if conn.is_none() && Instant::now() >= next_attempt {
             next_attempt = Instant::now() + RECONNECT_EVERY;
-            conn = match connect(addr, secret) {
-                Ok(conn) => Some(conn),
+            conn = match connect(addr, dialer.secret.as_deref()) {
+                Ok(mut conn) => write_control(&mut conn, &dialer.hello).is_ok().then_some(conn),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     peer_auth::log_refusal(&format!("member {id} at {addr}"), &e.to_string());
                     None
@@ -255,12 +338,32 @@ mod tests {
         write_frame(&mut wire, &message).unwrap();
         write_frame(&mut wire, &message).unwrap();
         let mut reader = &wire[..];
-        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(message.clone()));
-        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(message));
+        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(Frame::Raft(message.clone())));
+        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(Frame::Raft(message)));
         assert_eq!(read_frame(&mut reader, 1024).unwrap(), None, "clean end");
         let err = read_frame(&mut &wire[..], 2).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(read_frame(&mut &wire[..wire.len() / 2 + 2], 1024).is_ok(), "first frame whole");
         assert!(read_frame(&mut &wire[..6], 1024).is_err(), "a cut frame is an error");
+
+        // Control frames travel beside Raft's, told apart by their marker.
+        let hello = Control::Hello { id: 2, incarnation: 9, addr: "127.0.0.1:7102".into() };
+        let mut wire = Vec::new();
+        write_control(&mut wire, &hello).unwrap();
+        write_frame(&mut wire, &message_for_test()).unwrap();
+        let mut reader = &wire[..];
+        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(Frame::Control(hello)));
+        assert_eq!(read_frame(&mut reader, 1024).unwrap(), Some(Frame::Raft(message_for_test())));
+        let mut junk = CONTROL.to_be_bytes().to_vec();
+        junk.extend_from_slice(&3u32.to_be_bytes());
+        junk.extend_from_slice(b"bye");
+        assert!(read_frame(&mut &junk[..], 1024).is_err(), "an unknown control frame is an error");
+    }
+
+    fn message_for_test() -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 1;
+        message
     }
 }

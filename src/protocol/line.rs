@@ -23,6 +23,8 @@
 //! scan <cursor> [match <pattern>] [count <n>]    CURSOR <next> KEY <key>… END
 //! stats                          STAT <name> <value>… END
 //! cluster                        NODE <id> <peer-addr> <role> term=<t> match=<i> last_contact_ms=<n>… END
+//! cluster add <id> <peer-addr>   OK              (once the member is added; admin)
+//! cluster remove <id>            OK              (once the member is removed; admin)
 //! compact                        OK              (once the rewrite has finished)
 //! ping                           PONG
 //! help                           command list… END
@@ -35,8 +37,8 @@
 //! (`ERROR authentication required`), and a command beyond the user's role gets
 //! `ERROR permission denied` and changes nothing: `read` may get, keys, stats, ping, help and
 //! the other reads (stat, exists, mget, ttl, scan); `write` also set, setmeta, del and the
-//! other changes (copy, rename, expire, incr, decr, append, delprefix); `admin` also flush and
-//! compact. The password is the rest
+//! other changes (copy, rename, expire, incr, decr, append, delprefix); `admin` also flush,
+//! compact and `cluster add/remove`. The password is the rest
 //! of the `auth` line, so it may contain spaces.
 //!
 //! Patterns (`keys`, `scan … match`) are globs when they hold `*`, `?` or `[`, else prefixes
@@ -67,6 +69,7 @@ use std::sync::Arc;
 use super::glob::KeyPattern;
 use super::{push_decimal, Context, Progress, ReadFence, Session, FLUSH_THRESHOLD};
 use crate::auth::{Access, Login, Role};
+use crate::cluster::membership::Change;
 use crate::escape::escape_into;
 use crate::stats::ServerStats;
 use crate::store::format::{self, FormatError, KeyError, KeyText, Record, SetLine};
@@ -95,6 +98,8 @@ pub const HELP: &[&str] = &[
     "patterns: * ? [abc] [a-z] [^a] and \\ escapes when any of *?[ is present, else a prefix",
     "stats                                     STAT <name> <value> lines, then END",
     "cluster                                   NODE lines (a cluster node's view of its members), then END",
+    "cluster add <id> <peer-addr>              OK once the new member is added (then start it with --join)",
+    "cluster remove <id>                       OK once the member is removed",
     "compact                                   OK once the log has been rewritten",
     "ping                                      PONG",
     "help                                      this list, then END",
@@ -127,6 +132,8 @@ pub enum Request<'a> {
     Stats,
     /// The members of the cluster as this node sees them (`--node-id`).
     Cluster,
+    /// `cluster add <id> <peer-addr>` / `cluster remove <id>`.
+    ClusterChange(Change),
     Compact,
     Ping,
     Help,
@@ -142,7 +149,7 @@ impl Request<'_> {
     #[inline]
     pub fn role(&self) -> Role {
         match self {
-            Request::Write(Record::Flush) | Request::Compact => Role::Admin,
+            Request::Write(Record::Flush) | Request::Compact | Request::ClusterChange(_) => Role::Admin,
             Request::Write(_) | Request::Change(_) => Role::Write,
             _ => Role::Read,
         }
@@ -197,6 +204,26 @@ fn no_args<'a>(
     match rest {
         None => Ok(request),
         Some(_) => Err(FormatError::WrongArgs(usage).into()),
+    }
+}
+
+const CLUSTER_USAGE: &str = "cluster | cluster add <id> <peer-addr> | cluster remove <id>";
+
+/// `cluster`, `cluster add <id> <peer-addr>`, `cluster remove <id>`.
+fn parse_cluster<'a>(rest: Option<&[u8]>) -> Result<Request<'a>, LineError> {
+    let Some(rest) = rest else { return Ok(Request::Cluster) };
+    let usage = || LineError::from(FormatError::WrongArgs(CLUSTER_USAGE));
+    let words: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
+    let id = |word: &[u8]| format::parse_number::<u64>(word).filter(|&id| id != 0).ok_or_else(usage);
+    match words.as_slice() {
+        [verb, id_text, addr] if verb.eq_ignore_ascii_case(b"add") => {
+            let addr = std::str::from_utf8(addr).map_err(|_| usage())?.to_string();
+            Ok(Request::ClusterChange(Change::Add { id: id(id_text)?, addr }))
+        }
+        [verb, id_text] if verb.eq_ignore_ascii_case(b"remove") => {
+            Ok(Request::ClusterChange(Change::Remove { id: id(id_text)? }))
+        }
+        _ => Err(usage()),
     }
 }
 
@@ -389,7 +416,7 @@ pub fn parse(line: &[u8], max_value_bytes: usize) -> Result<Request<'_>, LineErr
             Some(_) => Err(FormatError::WrongArgs("keys [<pattern>]").into()),
         },
         b"stats" => no_args(rest, Request::Stats, "stats"),
-        b"cluster" => no_args(rest, Request::Cluster, "cluster"),
+        b"cluster" => parse_cluster(rest),
         b"compact" => no_args(rest, Request::Compact, "compact"),
         b"ping" => no_args(rest, Request::Ping, "ping"),
         b"help" => no_args(rest, Request::Help, "help"),
@@ -608,6 +635,13 @@ impl LineSession {
             }
             Request::Stats => self.write_stats(out),
             Request::Cluster => self.write_cluster(out),
+            Request::ClusterChange(change) => match &self.ctx.cluster {
+                None => out.extend_from_slice(b"ERROR not a cluster node (no --node-id)\n"),
+                Some(cluster) => match cluster.change_members(change) {
+                    Ok(()) => out.extend_from_slice(b"OK\n"),
+                    Err(e) => error_reply(&e, out),
+                },
+            },
             Request::Compact => match store.compact() {
                 Ok(()) => out.extend_from_slice(b"OK\n"),
                 Err(e) => error_reply(&e, out),
@@ -874,6 +908,14 @@ mod tests {
         assert_eq!(parse(b"keys us", 10), Ok(Request::Keys(b"us")));
         assert_eq!(parse(b"Stats", 10), Ok(Request::Stats));
         assert_eq!(parse(b"compact", 10), Ok(Request::Compact));
+        assert_eq!(parse(b"cluster", 10), Ok(Request::Cluster));
+        let add = Request::ClusterChange(Change::Add { id: 4, addr: "127.0.0.1:7104".into() });
+        assert_eq!(parse(b"cluster add 4 127.0.0.1:7104", 10), Ok(add.clone()));
+        assert_eq!(add.role(), Role::Admin);
+        assert_eq!(parse(b"cluster REMOVE 2", 10), Ok(Request::ClusterChange(Change::Remove { id: 2 })));
+        for bad in [&b"cluster add 4"[..], b"cluster remove 0", b"cluster remove x", b"cluster drop 2"] {
+            assert!(parse(bad, 10).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         assert_eq!(parse(b"ping", 10), Ok(Request::Ping));
         assert_eq!(parse(b"help", 10), Ok(Request::Help));
         assert_eq!(parse(b"quit", 10), Ok(Request::Quit));

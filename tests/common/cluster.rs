@@ -365,3 +365,49 @@ impl Writers {
         self.threads.into_iter().flat_map(|t| t.join().expect("writer thread")).collect()
     }
 }
+
+impl Cluster {
+    /// Starts a new node `id` that joins through member `via` (`--join` with a fresh peer
+    /// address, the cluster's flags), keeps it in `nodes` and returns its peer address.
+    pub fn join_node(&mut self, id: u64, via: u64) -> String {
+        let own = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let args = self.join_args(id, &own, via);
+        let server = Server::start(&self.db(id), &args.iter().map(String::as_str).collect::<Vec<_>>());
+        while self.nodes.len() < id as usize {
+            self.nodes.push(None);
+        }
+        self.nodes[id as usize - 1] = Some(server);
+        own
+    }
+
+    /// The flags of node `id` joining through member `via`, its peer address `own`.
+    pub fn join_args(&self, id: u64, own: &str, via: u64) -> Vec<String> {
+        let via = peer_addr(&self.spec, via).to_string();
+        let mut args = vec!["--node-id", &id.to_string(), "--peer-addr", own, "--join", &via]
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        args.extend(["--cluster-timeout", "5", "--memcached", "127.0.0.1:0"].map(str::to_string));
+        args.extend(self.flags.iter().cloned());
+        args
+    }
+
+    /// Kills member `id` and deletes its data directory (database and Raft state).
+    pub fn wipe(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.kill();
+        }
+        let dir = self.db(id).parent().expect("a member directory").to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A server that must stop by itself (a refused member): how it ended and its log, whether
+/// it stopped before or after it began listening (bounded wait).
+pub fn until_exit(started: Result<Server, super::Exited>) -> super::Exited {
+    match started {
+        Err(exited) => exited,
+        // Signal 0 sends nothing: this only waits for the exit.
+        Ok(server) => server.signal_and_wait(0),
+    }
+}
