@@ -96,6 +96,36 @@ fn a_leader_that_can_send_but_not_hear_steps_down_and_the_others_go_on() {
     cluster.wait_for_leader(Duration::from_secs(10)).expect("one leader after healing");
 }
 
+/// A one-way partition the other way: the leader's messages to one follower are lost,
+/// while that follower can still send. It stops hearing the leader and pre-votes, but the
+/// other follower still hears the leader and refuses: the leader keeps its place (pre-vote
+/// makes the cut-off member harmless), writes go on, and the follower catches up after.
+#[test]
+fn a_follower_that_cannot_hear_the_leader_does_not_unseat_it() {
+    let (cluster, mesh) = proxied_cluster(Mode::Pass, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let deaf = others(leader)[0];
+    let writers = Writers::start(4, &addrs(&cluster, &others(deaf)));
+    cluster.wait_for_applied_on(leader, 30, Duration::from_secs(15));
+    let term =
+        |id: u64| Conn::open(cluster.nodes[id as usize - 1].as_ref().unwrap().addr).stat("cluster_term");
+    let term_before = term(leader);
+
+    mesh.set(leader, deaf, Mode::Drop);
+    let before = cluster.applied_on(leader);
+    cluster.wait_for_applied_on(leader, before + 30, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3)); // several election timeouts of the deaf one
+    let others_agree = cluster.wait_for_leader_among(&others(deaf), Duration::from_secs(5));
+    assert_eq!(others_agree, Some(leader), "the leader was unseated");
+    assert_eq!(term(leader), term_before, "a new term began");
+
+    mesh.heal();
+    let acknowledged = writers.finish();
+    assert!(acknowledged.len() > 60, "only {} writes acknowledged", acknowledged.len());
+    cluster.wait_for_all(&acknowledged, Duration::from_secs(20));
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(10)), Some(leader));
+}
+
 /// Every peer link delays each chunk by 100–200 ms (a round trip of 200–400 ms, near the
 /// election timeout of 500–1,000 ms): the cluster elects, takes writes through every member,
 /// and every member ends with every acknowledged write.

@@ -1,6 +1,7 @@
 //! Peer authentication of a Raft cluster (`--cluster-secret`, issue 12): members with the
 //! secret form a cluster; a member with another secret, or a stranger on the peer port,
-//! is refused and logged while the others go on; a peer address off loopback needs a secret.
+//! is refused and logged while the others go on; a byte changed on the path breaks only
+//! that connection; a peer address off loopback needs a secret.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::{new_spec, peer_addr, Cluster, Conn, MEMBERS};
+use common::fault_proxy::{proxied_cluster, Mode};
+use common::faults::assert_no_panic;
 use common::Server;
 
 /// A secret file only its owner may read, as kvserver demands.
@@ -114,4 +117,37 @@ fn a_peer_address_off_loopback_needs_a_secret_and_the_secret_file_must_be_privat
     let server = Server::start(&db, &args);
     assert!(server.log().contains("peer traffic authenticated with --cluster-secret"), "{}", server.log());
     assert_eq!(Conn::open(server.addr).stat("cluster_node_id").as_deref(), Some("1"));
+}
+
+/// An attacker on the path between two members changes one byte of the leader's stream to
+/// a follower after the handshake: the follower refuses that connection (logged) instead of
+/// taking the changed frame, and the cluster goes on with nothing lost.
+#[test]
+fn a_byte_changed_on_the_path_breaks_the_connection_not_the_cluster() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secret_file(secrets.path(), "secret", "the secret of this cluster, 41 bytes long");
+    let (cluster, mesh) = proxied_cluster(Mode::Pass, &["--cluster-secret", secret.to_str().unwrap()]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let follower = (1..=MEMBERS as u64).find(|&id| id != leader).unwrap();
+    let node = |id: u64| cluster.nodes[id as usize - 1].as_ref().unwrap();
+    let mut conn = Conn::open(node(leader).addr);
+    assert_eq!(conn.ask("set before x"), "STORED");
+
+    // Past the handshake (72 bytes from the dialer), inside some record of the stream.
+    mesh.set(leader, follower, Mode::Corrupt { at: 200 });
+    let value = "v".repeat(4096);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while !node(follower).log().contains("failed its authentication check")
+        && !node(follower).log().contains("a stream not sealed by a member")
+    {
+        assert!(Instant::now() < deadline, "the follower took a changed stream:\n{}", node(follower).log());
+        assert_eq!(conn.ask(&format!("set big{n} {value}")), "STORED", "a write during the attack");
+        n += 1;
+    }
+    mesh.heal();
+    assert_eq!(conn.ask("set after x"), "STORED");
+    cluster.wait_everywhere("after", "x", Duration::from_secs(15));
+    cluster.wait_everywhere("big0", &value, Duration::from_secs(15));
+    assert_no_panic(&node(follower).log());
 }

@@ -13,7 +13,8 @@
 //! of step); the member reconnects on its own, into the new mode. [`Mode::Drop`] accepts
 //! connections and reads and discards everything, as a network that loses every packet (a
 //! sender notices only by its timeouts); [`Mode::Delay`] delivers every chunk after a delay
-//! drawn from a range, in order. Every thread ends when the proxy is dropped.
+//! drawn from a range, in order; [`Mode::Corrupt`] flips one byte of each connection.
+//! Every thread ends when the proxy is dropped.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -33,6 +34,11 @@ pub enum Mode {
     Delay {
         min: Duration,
         max: Duration,
+    },
+    /// Byte `at` of what the dialing member sends on each connection is flipped: what an
+    /// attacker on the path could do to a frame.
+    Corrupt {
+        at: usize,
     },
 }
 
@@ -119,9 +125,13 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             Mode::Delay { min, max } => (min, max),
             _ => (Duration::ZERO, Duration::ZERO),
         };
-        for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+        let corrupt = match mode {
+            Mode::Corrupt { at } => Some(at),
+            _ => None,
+        };
+        for (from, to, corrupt) in [(&client, &upstream, corrupt), (&upstream, &client, None)] {
             let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-            std::thread::spawn(move || pump(from, to, min, max));
+            std::thread::spawn(move || pump(from, to, min, max, corrupt));
         }
     }
 }
@@ -132,9 +142,9 @@ fn discard(mut stream: TcpStream) {
     while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
 }
 
-/// Copies `from` to `to`, each chunk delivered `min..max` after it arrived and in order;
-/// closes both when either side ends.
-fn pump(mut from: TcpStream, to: TcpStream, min: Duration, max: Duration) {
+/// Copies `from` to `to`, each chunk delivered `min..max` after it arrived and in order,
+/// byte `corrupt` flipped; closes both when either side ends.
+fn pump(mut from: TcpStream, to: TcpStream, min: Duration, max: Duration, corrupt: Option<usize>) {
     let (chunks, delivery) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     let mut writer = to.try_clone().unwrap();
     let deliver = std::thread::spawn(move || {
@@ -148,11 +158,16 @@ fn pump(mut from: TcpStream, to: TcpStream, min: Duration, max: Duration) {
     let mut rng = Rng::new(from.local_addr().map_or(1, |a| u64::from(a.port())));
     let mut last = Instant::now();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut passed = 0;
     loop {
         let n = match from.read(&mut buf) {
             Ok(n) if n > 0 => n,
             _ => break,
         };
+        if let Some(at) = corrupt.filter(|at| (passed..passed + n).contains(at)) {
+            buf[at - passed] ^= 0x20;
+        }
+        passed += n;
         let spread = (max - min).as_micros() as u64;
         let delay = min + Duration::from_micros(rng.range(0, spread + 1));
         last = last.max(Instant::now() + delay);
