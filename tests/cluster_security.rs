@@ -151,3 +151,44 @@ fn a_byte_changed_on_the_path_breaks_the_connection_not_the_cluster() {
     cluster.wait_everywhere("big0", &value, Duration::from_secs(15));
     assert_no_panic(&node(follower).log());
 }
+
+/// `--join` goes through the same authentication: a node with the secret joins and gets
+/// the data; one with another secret never becomes a member, and says why.
+#[test]
+fn a_node_joins_with_the_secret_and_not_without_it() {
+    let secrets = tempfile::tempdir().unwrap();
+    let good = secret_file(secrets.path(), "good", "the secret of this cluster, 41 bytes long");
+    let wrong = secret_file(secrets.path(), "wrong", "a different secret, also long enough");
+    let mut cluster = Cluster::start_with(&["--cluster-secret", good.to_str().unwrap()]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let leader_addr = cluster.nodes[leader as usize - 1].as_ref().unwrap().addr;
+    assert_eq!(Conn::open(leader_addr).ask("set k v"), "STORED");
+    let members = || Conn::open(leader_addr).ask_listing("cluster").len() - 1;
+
+    // Another secret: the join request cannot even be delivered.
+    let own = format!("127.0.0.1:{}", common::cluster::free_ports(1)[0]);
+    let mut args = cluster.join_args(5, &own, leader);
+    let at = args.iter().position(|a| a == "--cluster-secret").unwrap();
+    args[at + 1] = wrong.to_str().unwrap().to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let outsider = Server::try_start(&cluster.db(5), &args);
+    let outsider_log = match &outsider {
+        Ok(server) => {
+            assert!(server.wait_for_log("did not prove the cluster secret", Duration::from_secs(15)));
+            server.log()
+        }
+        Err(exited) => exited.log.clone(),
+    };
+    assert!(outsider_log.contains("did not prove the cluster secret"), "{outsider_log}");
+    assert_eq!(members(), MEMBERS, "the outsider became a member");
+    drop(outsider);
+
+    // The secret: it joins and has the data.
+    cluster.join_node(4, leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members() != MEMBERS + 1 {
+        assert!(Instant::now() < deadline, "node 4 never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_everywhere("k", "v", Duration::from_secs(20));
+}

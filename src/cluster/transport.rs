@@ -238,8 +238,12 @@ impl Dialer {
         let sent = std::thread::Builder::new().name("peer-once".into()).spawn(move || {
             let result = connect(addr, secret.as_deref())
                 .and_then(|mut writer| write_control(&mut writer, &control).and_then(|()| writer.flush()));
-            if let Err(e) = result {
-                log::debug!("cannot send {control:?} to {addr}: {e}");
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    peer_auth::log_refusal(&format!("the member at {addr}"), &e.to_string());
+                }
+                Err(e) => log::debug!("cannot send {control:?} to {addr}: {e}"),
             }
         });
         if let Err(e) = sent {
