@@ -20,7 +20,6 @@
 //! (heartbeats, appends after a rejection), so losing a message costs time, never safety.
 //! Writes to a peer time out ([`WRITE_TIMEOUT`]) so a stopped peer cannot hold its sender.
 //!
-//!
 //! With `--cluster-secret` every connection starts with `peer_auth`'s handshake and the
 //! frames travel inside its authenticated records; a connection that fails either is closed
 //! and logged (rate-limited). At most [`MAX_HANDSHAKES`] accepted connections may be in
