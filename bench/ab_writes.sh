@@ -3,6 +3,7 @@
 # server pinned to CPU 0 and kvbench to CPU 1, through the memcached listener (100,000 keys,
 # 3 s per cell). Prints TSV: build, cell, ops/s, server CPU µs per operation.
 #   OLD=/path/to/old/kvserver bench/ab_writes.sh > ab.tsv
+#   ROUNDS=7 ONLY=always OLD=... bench/ab_writes.sh   more rounds, only cells whose name matches
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KB=${KVBENCH:-$ROOT/target/release/kvbench}
@@ -12,7 +13,10 @@ WORK=$(mktemp -d)
 PID=""
 trap '[ -z "$PID" ] || kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ROUNDS=${ROUNDS:-3}
+ONLY=${ONLY:-}
 cell() { # build binary fsync name get-ratio conns pipeline
+  [[ "$4" == *"$ONLY"* ]] || return 0
   rm -rf "$WORK/db"; mkdir "$WORK/db"
   RUST_LOG=warn taskset -c 0 "$2" --db "$WORK/db/database.txt" --listen 127.0.0.1:23800 \
     --memcached 127.0.0.1:23801 --fsync "$3" 2>/dev/null &
@@ -27,7 +31,7 @@ cell() { # build binary fsync name get-ratio conns pipeline
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
   printf '%s\t%s\t%s\t%s\n' "$1" "$4" "$ops" "$(awk -v t=$((after - before)) -v o="$ops" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz * 1e6 / (o * 3) }')"
 }
-for _ in 1 2 3; do
+for _ in $(seq "$ROUNDS"); do
   for build in "old:$OLD" "new:$NEW"; do
     name=${build%%:*} bin=${build#*:}
     cell "$name" "$bin" never get-c8 1 8 1
