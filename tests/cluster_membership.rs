@@ -324,3 +324,54 @@ fn a_wiped_member_is_refused_under_its_old_id_and_restored_under_a_new_one_while
     assert!(acknowledged.len() > 100, "only {} writes acknowledged", acknowledged.len());
     assert_has_everything(node(&cluster, 4), &acknowledged, Duration::from_secs(20));
 }
+
+/// REPORT's snapshot figures: a cluster holding `SNAPSHOT_KEYS` keys (default 200,000,
+/// 100-byte values) is joined by a fourth node; prints the leader's snapshot size and save
+/// time, the new node's install time, the time until it serves the last key, and the Raft
+/// log's size on every member after all the writes.
+/// `cargo test --release --test cluster_membership snapshot_install_time -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (about a minute), not a check"]
+fn snapshot_install_time() {
+    use std::io::Write as _;
+    let keys: usize = std::env::var("SNAPSHOT_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let mut cluster = Cluster::start_with(&["--snapshot-entries", "20", "--fsync", "never"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let mut conn = Conn::open(node(&cluster, leader).addr);
+    let value = "v".repeat(100);
+    let started = Instant::now();
+    for batch in (0..keys).collect::<Vec<_>>().chunks(1_000) {
+        let requests: String = batch.iter().map(|i| format!("set key:{i:08} {value}\n")).collect();
+        conn.writer.write_all(requests.as_bytes()).unwrap();
+        for _ in batch {
+            assert_eq!(conn.line(), "STORED");
+        }
+    }
+    eprintln!("{keys} keys written in {} ms", started.elapsed().as_millis());
+    for id in 1..=3 {
+        let log = std::fs::metadata(raft_file(&cluster, id, "raft.log")).unwrap().len();
+        let snapshot = std::fs::metadata(raft_file(&cluster, id, "snapshot")).unwrap().len();
+        eprintln!("node {id}: raft.log {log} bytes, snapshot {snapshot} bytes");
+    }
+    let joined_at = Instant::now();
+    cluster.join_node(4, leader);
+    let joined = node(&cluster, 4);
+    assert!(
+        joined.wait_for_log("installed the snapshot of entry", Duration::from_secs(120)),
+        "{}",
+        joined.log()
+    );
+    let last = format!("key:{:08}", keys - 1);
+    let mut reader = Conn::open(joined.addr);
+    while reader.ask(&format!("get {last}")) != format!("VALUE {value}") {
+        assert!(joined_at.elapsed() < Duration::from_secs(120), "the new node never served {last}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let serving = joined_at.elapsed();
+    let lines = |server: &Server, needle: &str| {
+        server.log().lines().rfind(|l| l.contains(needle)).unwrap_or_default().to_string()
+    };
+    eprintln!("leader: {}", lines(node(&cluster, leader), "saved ("));
+    eprintln!("new node: {}", lines(joined, "installed the snapshot"));
+    eprintln!("new node serves all {keys} keys {} ms after its start", serving.as_millis());
+}

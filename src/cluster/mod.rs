@@ -431,6 +431,7 @@ impl Cluster {
                 sweep_every: config.sweep_every,
                 applied,
                 dialer: dialer.clone(),
+                inbox: inbox.clone(),
             },
         );
         node.publish_status();

@@ -47,12 +47,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
+};
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::membership::{Change, ChangeContext, Control, REMOVED};
 use super::proposal::{restamp, Proposal};
-use super::storage::DiskStorage;
+use super::storage::{write_snapshot_file, DiskStorage};
 use super::transport::{Dialer, Peer};
 use super::{MemberStatus, Role, Status};
 use crate::store::decide::Inputs;
@@ -98,6 +100,8 @@ pub struct Settings {
     pub applied: u64,
     /// How this node connects to peers (secret, `hello`).
     pub dialer: Dialer,
+    /// The raft thread's own inbox, for work finished on other threads.
+    pub inbox: Sender<Event>,
 }
 
 /// What the raft thread is asked to do.
@@ -117,6 +121,15 @@ pub enum Event {
     /// A control frame from a peer connection, which waits for the verdict (`false`: the
     /// connection is closed).
     Control(Control, Sender<bool>),
+    /// A snapshot written and fsynced off the raft thread (`maybe_snapshot`): to adopt,
+    /// then compact the log up to `compact_to`.
+    SnapshotWritten {
+        meta: SnapshotMetadata,
+        written: std::io::Result<()>,
+        compact_to: u64,
+        started: Instant,
+        bytes: usize,
+    },
     /// `cluster add/remove`: answered once the change is applied here.
     Change {
         change: Change,
@@ -274,6 +287,9 @@ pub struct Node {
     contacts: HashMap<u64, String>,
     /// Identities refused and logged (each logged once).
     refused: Vec<(u64, u64)>,
+    /// The own inbox, and whether a snapshot is being written off the raft thread.
+    own_inbox: Sender<Event>,
+    snapshot_writing: bool,
     /// Raft state that could not be written while applying: stops the node.
     state_failure: Option<std::io::Error>,
 }
@@ -327,6 +343,8 @@ impl Node {
             snapshot_now: false,
             refused: Vec::new(),
             contacts: HashMap::new(),
+            own_inbox: settings.inbox,
+            snapshot_writing: false,
             state_failure: None,
         }
     }
@@ -412,6 +430,18 @@ impl Node {
             Event::Control(control, verdict) => {
                 let accepted = self.on_control(control);
                 let _ = verdict.send(accepted);
+            }
+            Event::SnapshotWritten { meta, written, compact_to, started, bytes } => {
+                self.snapshot_writing = false;
+                let index = meta.index;
+                let adopted = written.and_then(|()| self.raw.mut_store().adopt_written_snapshot(meta));
+                let compacted = adopted.and_then(|adopted| match adopted {
+                    true => self.compact_behind(index, compact_to, started, bytes),
+                    false => Ok(()), // a leader's newer snapshot was installed meanwhile
+                });
+                if let Err(e) = compacted {
+                    self.state_failure.get_or_insert(e);
+                }
             }
             Event::Change { change, reply, deadline } => {
                 if let Err(e) = self.propose_change(change, deadline, &reply) {
@@ -936,9 +966,12 @@ impl Node {
         {
             return Ok(());
         }
-        // After a member joined, the log is compacted up to this snapshot: a new member
-        // must start from a snapshot (the first members are in no entry of the log).
-        let compact_to = if forced { self.applied } else { previous };
+        // After a member joined, the log is compacted up to this snapshot at once: the new
+        // member must start from a snapshot that counts it (the first members are in no
+        // entry of the log, so entries from index 1 would give it a wrong configuration).
+        if !forced && self.snapshot_writing {
+            return Ok(());
+        }
         let started = Instant::now();
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(std::io::Error::other)?;
@@ -949,18 +982,43 @@ impl Node {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let meta = meta.clone();
+        let bytes = snapshot.data.len();
+        if forced {
+            self.raw.mut_store().save_snapshot(&snapshot)?;
+            return self.compact_behind(index, index, started, bytes);
+        }
+        // The periodic one is written and fsynced on a thread of its own: a large one would
+        // hold the raft thread (and the leader's heartbeats) past the election timeout.
+        let path = self.raw.store().snapshot_writing_path();
+        let inbox = self.own_inbox.clone();
+        self.snapshot_writing = true;
+        std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            let written = write_snapshot_file(&path, &snapshot);
+            let _ =
+                inbox.send(Event::SnapshotWritten { meta, written, compact_to: previous, started, bytes });
+        })?;
+        Ok(())
+    }
+
+    /// The snapshot of entry `index` is saved: the Raft log is compacted up to `compact_to`
+    /// behind it.
+    fn compact_behind(
+        &mut self,
+        index: u64,
+        compact_to: u64,
+        started: Instant,
+        bytes: usize,
+    ) -> std::io::Result<()> {
         let storage = self.raw.mut_store();
-        storage.save_snapshot(&snapshot)?;
         let saved = started.elapsed();
         let before = storage.log_bytes();
-        storage.compact_to(compact_to)?;
+        storage.compact_to(compact_to.min(index))?;
         log::info!(
-            "snapshot of entry {index} saved ({} bytes, {} ms); Raft log compacted up to entry {compact_to}: \
-             {before} -> {} bytes ({} ms in all)",
-            snapshot.data.len(),
+            "snapshot of entry {index} saved ({bytes} bytes, {} ms); Raft log compacted up to entry {compact_to}: \
+             {before} -> {} bytes",
             saved.as_millis(),
             storage.log_bytes(),
-            started.elapsed().as_millis()
         );
         Ok(())
     }

@@ -31,7 +31,8 @@
 //!
 //! Snapshots and compaction: a snapshot is written to `snapshot.tmp`, fsynced, renamed over
 //! `snapshot` and the directory fsynced ([`DiskStorage::save_snapshot`]) before anything
-//! relies on it. Only then may the log be compacted behind it ([`DiskStorage::compact_to`]):
+//! relies on it (a periodic one is written and fsynced as `snapshot.writing` on a thread of
+//! its own, then renamed by the raft thread, [`DiskStorage::adopt_written_snapshot`]). Only then may the log be compacted behind it ([`DiskStorage::compact_to`]):
 //! the kept state (`M`, `C`, `H`, a `T` and the entries after the compaction point) goes to
 //! `raft.log.tmp`, fsynced and renamed over `raft.log` the same way, so a crash leaves one
 //! whole file or the other. A snapshot newer than the log (a crash between installing a
@@ -137,6 +138,8 @@ pub struct DiskStorage {
     /// Set when a follower needs a snapshot the saved one cannot serve (it predates that
     /// follower's joining): the raft thread takes a fresh one.
     snapshot_wanted: std::cell::Cell<bool>,
+    /// When a snapshot too large to send was last logged.
+    too_large_logged: std::cell::Cell<Option<std::time::Instant>>,
     /// This node's incarnation (0 until drawn).
     incarnation: u64,
     /// Each peer's incarnation as first seen (or `membership::REMOVED`).
@@ -152,7 +155,7 @@ impl DiskStorage {
         if created {
             sync_parent(&dir)?;
         }
-        for stale in ["raft.log.tmp", "snapshot.tmp"] {
+        for stale in ["raft.log.tmp", "snapshot.tmp", WRITING] {
             match fs::remove_file(dir.join(stale)) {
                 Ok(()) => log::warn!("removed {} left by an interrupted write", dir.join(stale).display()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -183,6 +186,7 @@ impl DiskStorage {
             snapshot: SnapshotMetadata::default(),
             max_snapshot_bytes: usize::MAX,
             snapshot_wanted: std::cell::Cell::new(false),
+            too_large_logged: std::cell::Cell::new(None),
             incarnation: 0,
             known: BTreeMap::new(),
         };
@@ -444,6 +448,27 @@ impl DiskStorage {
         Ok(())
     }
 
+    /// Where [`write_snapshot_file`] may write a snapshot off the raft thread: the directory
+    /// and the temporary file [`DiskStorage::adopt_written_snapshot`] renames into place.
+    pub fn snapshot_writing_path(&self) -> PathBuf {
+        self.dir.join(WRITING)
+    }
+
+    /// Makes the snapshot written (and fsynced) at `snapshot_writing_path` the saved one —
+    /// unless a newer one was saved meanwhile (a leader's), when it is dropped. Returns
+    /// whether it was adopted.
+    pub fn adopt_written_snapshot(&mut self, meta: SnapshotMetadata) -> io::Result<bool> {
+        let written = self.snapshot_writing_path();
+        if meta.index <= self.snapshot.index {
+            fs::remove_file(&written)?;
+            return Ok(false);
+        }
+        fs::rename(&written, self.dir.join("snapshot"))?;
+        sync_parent(&written)?;
+        self.snapshot = meta;
+        Ok(true)
+    }
+
     /// A leader's snapshot replaces this node's log: saved durably, then the log restarts
     /// after it, with its voters, and the commit index reaches it.
     pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
@@ -498,6 +523,17 @@ impl DiskStorage {
         self.offset_term = term;
         Ok(())
     }
+}
+
+/// The temporary file of a snapshot written off the raft thread.
+const WRITING: &str = "snapshot.writing";
+
+/// Writes `snapshot` to `path` and fsyncs it (on a thread of its own: the raft thread then
+/// adopts it, see [`DiskStorage::adopt_written_snapshot`]).
+pub fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    file.write_all(&record(Kind::Snapshot, &encode(snapshot)?))?;
+    file.sync_all()
 }
 
 /// Writes `bytes` to `temp`, fsyncs it, renames it over `path` and fsyncs the directory.
@@ -616,6 +652,12 @@ impl raft::Storage for DiskStorage {
             return Err(temporarily());
         }
         if snapshot.data.len() > self.max_snapshot_bytes {
+            // Raft asks at every answer of that member: say it once a minute.
+            let now = std::time::Instant::now();
+            if self.too_large_logged.get().is_some_and(|at| now.duration_since(at).as_secs() < 60) {
+                return Err(temporarily());
+            }
+            self.too_large_logged.set(Some(now));
             log::error!(
                 "member {to} needs a snapshot, but it is {} bytes and a peer frame carries at most {}: \
                  the database is too large to send",
@@ -743,13 +785,24 @@ mod tests {
         drop(s);
         let mut s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
         check(&s);
+        // A snapshot written off the raft thread is adopted only if newer than the saved one.
+        let older = snapshot_at(7, 1, vec![1, 2], b"state at 7");
+        write_snapshot_file(&s.snapshot_writing_path(), &older).unwrap();
+        assert!(!s.adopt_written_snapshot(older.get_metadata().clone()).unwrap());
+        assert!(!s.snapshot_writing_path().exists());
+        check(&s);
         // Appending goes on after a compaction, and a snapshot too big to send is not sent.
         s.append(&[entry(11, 2, b"e11")]).unwrap();
         s.persist().unwrap();
         s.set_max_snapshot_bytes(4);
         assert_eq!(s.snapshot(0, 2), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)));
+        let newer = snapshot_at(11, 2, vec![1, 2], b"state at 11");
+        write_snapshot_file(&s.snapshot_writing_path(), &newer).unwrap();
+        assert!(s.adopt_written_snapshot(newer.get_metadata().clone()).unwrap());
         drop(s);
-        assert_eq!(DiskStorage::open(&db, FsyncPolicy::Always).unwrap().last_index(), 11);
+        let s = DiskStorage::open(&db, FsyncPolicy::Always).unwrap();
+        assert_eq!((s.last_index(), s.snapshot_index()), (11, 11));
+        assert_eq!(&s.read_snapshot().unwrap().unwrap().data[..], b"state at 11");
     }
 
     #[test]
