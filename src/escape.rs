@@ -230,13 +230,9 @@ pub fn unescape_canonical(text: &[u8]) -> Result<(Vec<u8>, bool), EscapeError> {
     decode::<true>(text)
 }
 
-/// Plain bytes copied one by one before [`decode`] looks for the next backslash with
-/// `memchr`: escaped binary data has runs of a byte or two between escapes, text long ones.
-const SHORT_RUN: usize = 16;
-
 /// The decoder behind [`unescape`] and (with `CHECK`) [`unescape_canonical`]. Each escape is
-/// decoded with a table; a plain run is copied byte by byte while it is short, then found
-/// with `memchr` and copied whole. With `CHECK`, `text` is canonical when
+/// decoded with a table; a plain run is copied eight printable ASCII bytes at a time, else byte
+/// by byte, and a run of other text is found with `memchr` and copied whole. With `CHECK`, `text` is canonical when
 /// - every plain run is what the escaper leaves as it is (valid UTF-8 without control bytes),
 /// - every escape is the one [`ESCAPES`] writes for its byte (so `\x` only for a byte the
 ///   table writes that way, in lower-case hex), and
@@ -256,22 +252,38 @@ fn decode<const CHECK: bool>(text: &[u8]) -> Result<(Vec<u8>, bool), EscapeError
     while at < text.len() {
         if text[at] != b'\\' {
             let start = at;
-            let short_end = (at + SHORT_RUN).min(text.len());
             // Bytes outside printable ASCII (UTF-8 text, or a raw control byte) seen in the run.
             let mut unusual = false;
-            while at < short_end && text[at] != b'\\' {
-                let b = text[at];
-                unusual |= !(0x20..0x7f).contains(&b);
-                out[written] = b;
-                written += 1;
-                at += 1;
-            }
-            if at == short_end && at < text.len() && text[at] != b'\\' {
-                let end = memchr::memchr(b'\\', &text[at..]).map_or(text.len(), |i| at + i);
-                out[written..written + end - at].copy_from_slice(&text[at..end]);
-                written += end - at;
-                at = end;
-                unusual = true; // not checked byte by byte: let the check below look
+            loop {
+                // Eight plain bytes at a time (text), else up to eight one by one (escaped
+                // binary data has a byte or two between escapes).
+                if let Some(word) = text.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+                    if is_plain_word(u64::from_le_bytes(word)) {
+                        out[written..written + 8].copy_from_slice(&word);
+                        written += 8;
+                        at += 8;
+                        continue;
+                    }
+                }
+                let stop = (at + 8).min(text.len());
+                while at < stop && text[at] != b'\\' {
+                    let b = text[at];
+                    unusual |= !(0x20..0x7f).contains(&b);
+                    out[written] = b;
+                    written += 1;
+                    at += 1;
+                }
+                if at < stop || at == text.len() || text[at] == b'\\' {
+                    break;
+                }
+                if unusual {
+                    // Non-ASCII text: the rest of the run with `memchr`, checked below.
+                    let end = memchr::memchr(b'\\', &text[at..]).map_or(text.len(), |i| at + i);
+                    out[written..written + end - at].copy_from_slice(&text[at..end]);
+                    written += end - at;
+                    at = end;
+                    break;
+                }
             }
             if CHECK {
                 high_run = 0;
