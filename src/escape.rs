@@ -78,13 +78,9 @@ pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
 fn escape_step(value: &[u8], at: &mut usize, end: usize, buf: &mut [u8]) -> usize {
     let (mut i, mut written) = (*at, 0);
     while i < end {
-        if let Some(word) = value.get(i..i + 8).and_then(|word| <[u8; 8]>::try_from(word).ok()) {
-            if is_plain_word(u64::from_le_bytes(word)) {
-                buf[written..written + 8].copy_from_slice(&word);
-                written += 8;
-                i += 8;
-                continue;
-            }
+        copy_plain_words(value, &mut i, end, buf, &mut written);
+        if i >= end {
+            break;
         }
         // The next eight bytes one by one before the next try at a plain word.
         let stop = (i + 8).min(value.len());
@@ -109,6 +105,22 @@ fn escape_step(value: &[u8], at: &mut usize, end: usize, buf: &mut [u8]) -> usiz
     }
     *at = i;
     written
+}
+
+/// Copies `src` from `*at` into `dst` from `*written` eight bytes at a time while they are
+/// plain ([`is_plain_word`]) and `*at` is before `limit`: the escaper's and the decoder's
+/// fast path for text.
+#[inline(always)]
+fn copy_plain_words(src: &[u8], at: &mut usize, limit: usize, dst: &mut [u8], written: &mut usize) {
+    while *at < limit {
+        let Some(word) = src.get(*at..*at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) else { return };
+        if !is_plain_word(u64::from_le_bytes(word)) {
+            return;
+        }
+        dst[*written..*written + 8].copy_from_slice(&word);
+        *written += 8;
+        *at += 8;
+    }
 }
 
 /// Whether all eight bytes of `word` are written as they are: `0x20..=0x7e` but `\`.
@@ -257,14 +269,7 @@ fn decode<const CHECK: bool>(text: &[u8]) -> Result<(Vec<u8>, bool), EscapeError
             loop {
                 // Eight plain bytes at a time (text), else up to eight one by one (escaped
                 // binary data has a byte or two between escapes).
-                if let Some(word) = text.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-                    if is_plain_word(u64::from_le_bytes(word)) {
-                        out[written..written + 8].copy_from_slice(&word);
-                        written += 8;
-                        at += 8;
-                        continue;
-                    }
-                }
+                copy_plain_words(text, &mut at, text.len(), &mut out, &mut written);
                 let stop = (at + 8).min(text.len());
                 while at < stop && text[at] != b'\\' {
                     let b = text[at];
