@@ -496,7 +496,9 @@ impl DiskStorage {
                 self.last_index()
             )));
         }
-        let term = self.term_of(index).expect("index is in the log");
+        let term = self
+            .term_of(index)
+            .ok_or_else(|| io::Error::other(format!("entry {index} is not in the log")))?;
         let keep = &self.entries[(index - self.offset) as usize..];
         let mut out = Vec::new();
         if let Some(members) = &self.members {
