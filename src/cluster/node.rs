@@ -414,6 +414,9 @@ impl Node {
                     }
                 }
                 self.refuse_if_state_lost(&message);
+                if self.entries_before_a_snapshot(&message) {
+                    return;
+                }
                 if let Err(e) = self.raw.step(*message) {
                     log::debug!("raft message from {from} not taken: {e}");
                 }

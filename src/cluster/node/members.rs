@@ -87,6 +87,25 @@ impl Node {
         }
     }
 
+    /// Whether `message` is an append of the log from its start to a node that is joining
+    /// (no voters yet): dropped, since the first members are in no entry and applying the
+    /// log from index 1 would give this node a wrong configuration. It must start from a
+    /// snapshot, which every member takes (and compacts its log to) when it adds a member.
+    pub(super) fn entries_before_a_snapshot(&self, message: &Message) -> bool {
+        let joining = self.raw.raft.prs().conf().voters().ids().is_empty();
+        let dropped = joining
+            && message.get_msg_type() == MessageType::MsgAppend
+            && message.index == 0
+            && !message.entries.is_empty();
+        if dropped {
+            log::warn!(
+                "dropped entries from index 1 sent by member {}: waiting for a snapshot",
+                message.from
+            );
+        }
+        dropped
+    }
+
     /// A new node asks to be added (`--join`): proposed as an `AddNode`, or refused if its
     /// id is or was another node's.
     pub(super) fn on_join(&mut self, id: u64, addr: &str, incarnation: u64) {
