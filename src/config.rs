@@ -132,9 +132,10 @@ pub struct Config {
     pub read_consistency: ReadConsistency,
 
     /// A cluster node snapshots its state (every item with its CAS unique, in `<db>.raft/`)
-    /// after this many log entries since its last snapshot, then drops from its Raft log the
-    /// entries before the previous snapshot: the log stays between one and two times this
-    /// long, and a member further behind than that is sent the snapshot.
+    /// after this many log entries since its last snapshot (or as many as it has keys, if
+    /// more), then drops from its Raft log the entries before the previous snapshot: the log
+    /// stays between one and two times this long, and a member further behind than that is
+    /// sent the snapshot.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub snapshot_entries: u64,
 

@@ -78,7 +78,9 @@ fn the_raft_log_is_truncated_behind_snapshots_and_a_restart_keeps_every_key_and_
     let mut cluster = Cluster::start_with(&["--snapshot-entries", "20"]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
     let addr = node(&cluster, leader).addr;
-    let keys = set_keys(addr, (0..300).map(|i| format!("k{i}")));
+    // 300 writes over 15 keys: snapshots are at least as many entries apart as there are
+    // keys, and fewer keys than --snapshot-entries keep them 20 entries apart.
+    let keys = set_keys(addr, (0..300).map(|i| format!("k{}", i % 15)));
     cluster.wait_for_applied(cluster.applied().max(300), Duration::from_secs(15));
 
     // Each entry is a little more than its value; the log keeps at most two snapshots'
@@ -101,7 +103,7 @@ fn the_raft_log_is_truncated_behind_snapshots_and_a_restart_keeps_every_key_and_
             "raft.log sizes {logs:?} after {} writes (bound {bound})",
             keys.len()
         );
-        keys.extend(set_keys(addr, [format!("k{}", keys.len())]));
+        keys.extend(set_keys(addr, [format!("k{}", keys.len() % 15)]));
         std::thread::sleep(Duration::from_millis(20));
     }
     for id in 1..=3 {
@@ -143,7 +145,8 @@ fn a_member_too_far_behind_for_the_log_is_sent_the_snapshot() {
     cluster.nodes[behind as usize - 1].take().unwrap().kill();
 
     // Far more entries than the leader's log keeps (two snapshots' worth) while it is down.
-    let late = set_keys(node(&cluster, leader).addr, (0..120).map(|i| format!("late{i}")));
+    // (Over 10 keys: with fewer keys than --snapshot-entries, snapshots are 20 entries apart.)
+    let late = set_keys(node(&cluster, leader).addr, (0..120).map(|i| format!("late{}", i % 10)));
     let leader_node = node(&cluster, leader);
     assert!(
         leader_node.wait_for_log("Raft log compacted up to entry", Duration::from_secs(5)),
@@ -389,4 +392,27 @@ fn snapshot_install_time() {
     eprintln!("leader: {}", lines(node(&cluster, leader), "saved ("));
     eprintln!("new node: {}", lines(joined, "installed the snapshot"));
     eprintln!("new node serves all {keys} keys {} ms after its start", serving.as_millis());
+}
+
+/// A snapshot costs in proportion to the keys, so snapshots are at least as many entries
+/// apart as the database has keys: 240 writes of new keys with `--snapshot-entries 20`
+/// give a handful of snapshots (about 20, 40, 80, 160 entries in), not twelve.
+#[test]
+fn snapshots_are_spaced_by_the_number_of_keys() {
+    let cluster = Cluster::start_with(&["--snapshot-entries", "20"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let keys = set_keys(node(&cluster, leader).addr, (0..240).map(|i| format!("n{i}")));
+    wait_for_keys(node(&cluster, leader), &keys, Duration::from_secs(10));
+    let log = node(&cluster, leader).log();
+    let indexes: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("snapshot of entry ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!indexes.is_empty(), "no snapshot at all:\n{log}");
+    assert!(indexes.len() <= 6, "snapshots at entries {indexes:?}");
+    for pair in indexes.windows(2) {
+        // Entry index minus a few for the leader's own entries counts the keys written.
+        assert!(pair[1] - pair[0] >= (pair[0] - 5).max(20), "snapshots at entries {indexes:?}");
+    }
 }
