@@ -139,6 +139,13 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub snapshot_entries: u64,
 
+    /// The largest snapshot a cluster node sends to a member far behind (or takes from the
+    /// leader), in bytes: it travels as one peer message, held in memory on both sides. A
+    /// database whose snapshot is larger still replicates, but such a member waits (and the
+    /// leader logs why).
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_snapshot_bytes: usize,
+
     /// Seconds between two sweeps that drop expired items from memory (they are never
     /// served once expired; the sweep frees their memory). On a cluster the leader asks
     /// for each sweep through the log, so every member drops the same items at the same
@@ -177,6 +184,11 @@ impl Config {
         }
         if self.cluster_timeout == 0 {
             return Err("--cluster-timeout must be at least 1 second".into());
+        }
+        if self.max_snapshot_bytes > u32::MAX as usize - (1 << 20) {
+            return Err(
+                "--max-snapshot-bytes must be below 4 GiB (a peer message's length is 32 bits)".into()
+            );
         }
         if self.expiry_sweep_secs == 0 {
             return Err("--expiry-sweep-secs must be at least 1".into());
@@ -223,6 +235,7 @@ impl Config {
             read_consistency: self.read_consistency,
             secret: self.cluster_secret.clone(),
             snapshot_entries: self.snapshot_entries,
+            max_snapshot_bytes: self.max_snapshot_bytes,
             sweep_every: Duration::from_secs(self.expiry_sweep_secs),
 
             join: self.join.clone(),

@@ -416,3 +416,34 @@ fn snapshots_are_spaced_by_the_number_of_keys() {
         assert!(pair[1] - pair[0] >= (pair[0] - 5).max(20), "snapshots at entries {indexes:?}");
     }
 }
+
+/// A snapshot larger than `--max-snapshot-bytes` is not sent: the member far behind waits
+/// and the leader says why, while the others go on.
+#[test]
+fn a_snapshot_over_max_snapshot_bytes_is_not_sent_and_the_leader_says_why() {
+    let mut cluster = Cluster::start_with(&["--snapshot-entries", "20", "--max-snapshot-bytes", "2000"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
+    let behind = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.nodes[behind as usize - 1].take().unwrap().kill();
+    // 60 keys of VALUE_BYTES each: a snapshot far over 2,000 bytes, and rewrites of them
+    // until the leader's log no longer reaches back to what the stopped member has.
+    let keys = set_keys(node(&cluster, leader).addr, (0..240).map(|i| format!("big{}", i % 60)));
+    assert!(keys.len() * VALUE_BYTES > 2 * 2000, "the snapshot would fit");
+    let leader_node = node(&cluster, leader);
+    assert!(
+        leader_node.wait_for_log("Raft log compacted up to entry", Duration::from_secs(10)),
+        "no compaction"
+    );
+    let restarted = cluster.start_node(behind);
+    assert!(
+        leader_node
+            .wait_for_log(&format!("member {behind} needs a snapshot, but it is"), Duration::from_secs(15)),
+        "{}",
+        leader_node.log()
+    );
+    assert!(!restarted.log().contains("installed the snapshot"), "{}", restarted.log());
+    cluster.nodes[behind as usize - 1] = Some(restarted);
+    // The majority goes on.
+    let after = set_keys(node(&cluster, leader).addr, ["after".to_string()]);
+    wait_for_keys(node(&cluster, leader), &after, Duration::from_secs(10));
+}

@@ -95,6 +95,8 @@ pub struct ClusterConfig {
     pub secret: Option<std::path::PathBuf>,
     /// `--snapshot-entries`: entries applied between two snapshots.
     pub snapshot_entries: u64,
+    /// `--max-snapshot-bytes`: the largest snapshot sent to or taken from a peer.
+    pub max_snapshot_bytes: usize,
     /// `--expiry-sweep-secs`: how often the leader proposes an expiry sweep.
     pub sweep_every: Duration,
     /// `--join`: the peer address of a member to ask to be added (a new node's first start).
@@ -198,9 +200,6 @@ fn ask_to_join(dialer: &Dialer, target: SocketAddr, join: Control, status: &Mute
         std::thread::sleep(JOIN_RETRY);
     }
 }
-
-/// Room in a peer frame for a snapshot message's own fields besides its data.
-const SNAPSHOT_FRAME_MARGIN: usize = 64 << 10;
 
 /// Rebuilds the store of a member that restarts: from its latest snapshot (which holds the
 /// CAS uniques `database.txt` lacks) if it has one, else from nothing (the whole log is
@@ -400,7 +399,8 @@ impl Cluster {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        storage.set_max_snapshot_bytes(transport::max_frame(config.max_value_bytes) - SNAPSHOT_FRAME_MARGIN);
+        let max_frame = transport::max_frame(config.max_value_bytes, config.max_snapshot_bytes);
+        storage.set_max_snapshot_bytes(config.max_snapshot_bytes);
         let incarnation = storage.incarnation().map_err(|e| format!("cannot write the Raft state: {e}"))?;
         let dialer = Dialer {
             secret: secret.clone(),
@@ -409,7 +409,6 @@ impl Cluster {
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
 
         let (inbox, events) = crossbeam_channel::unbounded();
-        let max_frame = transport::max_frame(config.max_value_bytes);
         transport::serve(listener, inbox.clone(), max_frame, secret.clone()).map_err(|e| e.to_string())?;
         let mut peers = HashMap::new();
         for &(id, addr) in addrs.iter().filter(|(id, _)| *id != config.node_id) {

@@ -133,7 +133,7 @@ pub struct DiskStorage {
     /// The saved snapshot's index, term and conf state (index 0: none); its data stays in
     /// the `snapshot` file until a follower needs it.
     snapshot: SnapshotMetadata,
-    /// Largest snapshot sent to a follower (what one peer frame carries).
+    /// Largest snapshot sent to a follower (`--max-snapshot-bytes`).
     max_snapshot_bytes: usize,
     /// Set when a follower needs a snapshot the saved one cannot serve (it predates that
     /// follower's joining): the raft thread takes a fresh one.
@@ -661,7 +661,7 @@ impl raft::Storage for DiskStorage {
             }
             self.too_large_logged.set(Some(now));
             log::error!(
-                "member {to} needs a snapshot, but it is {} bytes and a peer frame carries at most {}: \
+                "member {to} needs a snapshot, but it is {} bytes and --max-snapshot-bytes is {}: \
                  the database is too large to send",
                 snapshot.data.len(),
                 self.max_snapshot_bytes

@@ -49,10 +49,18 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 /// Accepted connections that may be authenticating at once; more are closed at once.
 const MAX_HANDSHAKES: usize = 64;
 
-/// The largest frame a node accepts: a batch of values in an entry, or a snapshot.
-pub fn max_frame(max_value_bytes: usize) -> usize {
-    (64 << 20) + 2 * max_value_bytes
+/// The largest frame a node accepts: a batch of values in an entry (64 MiB plus two
+/// values), or a snapshot of up to `max_snapshot_bytes` with room for its message's fields.
+pub fn max_frame(max_value_bytes: usize, max_snapshot_bytes: usize) -> usize {
+    ((64 << 20) + 2 * max_value_bytes).max(max_snapshot_bytes + SNAPSHOT_FRAME_MARGIN)
 }
+
+/// Room in a peer frame for a snapshot message's own fields besides its data.
+pub const SNAPSHOT_FRAME_MARGIN: usize = 64 << 10;
+
+/// What a frame's buffer is given before its bytes arrive: a frame's memory grows with
+/// what the peer actually sends, not with the length it announces.
+const FRAME_PREALLOCATION: usize = 1 << 20;
 
 /// Where received messages go (the raft thread's inbox).
 pub type Inbox = Sender<Event>;
@@ -190,8 +198,11 @@ pub fn read_frame(reader: &mut impl Read, max_frame: usize) -> io::Result<Option
     if len > limit {
         return Err(bad(format!("peer frame of {len} bytes exceeds the limit of {limit}")));
     }
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
+    let mut payload = Vec::with_capacity(len.min(FRAME_PREALLOCATION));
+    reader.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer frame cut short"));
+    }
     if control {
         return match Control::decode(&payload) {
             Some(control) => Ok(Some(Frame::Control(control))),
