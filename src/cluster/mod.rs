@@ -54,6 +54,7 @@ pub mod membership;
 mod node;
 mod peer_auth;
 pub mod proposal;
+mod reply;
 pub mod snapshot;
 pub mod storage;
 mod transport;
@@ -485,7 +486,7 @@ impl Cluster {
     }
 
     fn propose(&self, ops: Vec<WriteOp>) -> Vec<Reply> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (reply, answer) = reply::slot();
         let deadline = Instant::now() + self.timeout;
         if self.inbox.send(Event::Propose { ops, reply, deadline }).is_err() {
             return vec![Err(StoreError::Closed)];
@@ -493,7 +494,7 @@ impl Cluster {
         // The raft thread answers by the deadline; the margin only guards against it hanging.
         answer
             .recv_timeout(self.timeout + Duration::from_secs(2))
-            .unwrap_or_else(|_| vec![Err(StoreError::Unavailable("the raft thread did not answer".into()))])
+            .unwrap_or_else(|| vec![Err(StoreError::Unavailable("the raft thread did not answer".into()))])
     }
 
     /// Returns once this node may serve a read under `--read-consistency`: at once for
@@ -503,12 +504,12 @@ impl Cluster {
         if self.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (reply, answer) = reply::slot();
         let deadline = Instant::now() + self.timeout;
         self.inbox.send(Event::Fence { reply, deadline }).map_err(|_| StoreError::Closed)?;
         answer
             .recv_timeout(self.timeout + Duration::from_secs(2))
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the raft thread did not answer".into())))
+            .unwrap_or_else(|| Err(StoreError::Unavailable("the raft thread did not answer".into())))
     }
 
     /// `cluster add/remove`: proposes the change through Raft and returns once it is applied

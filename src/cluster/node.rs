@@ -54,6 +54,7 @@ use raft::{RawNode, StateRole};
 
 use super::membership::{Change, Control};
 use super::proposal::{restamp, Proposal};
+use super::reply::Replier;
 use super::storage::DiskStorage;
 use super::transport::{Dialer, Peer};
 use super::{MemberStatus, Role, Status};
@@ -109,13 +110,13 @@ pub enum Event {
     Peer(Box<Message>),
     Propose {
         ops: Vec<WriteOp>,
-        reply: Sender<Vec<Reply>>,
+        reply: Replier<Vec<Reply>>,
         deadline: Instant,
     },
     /// A linearizable read is about to be served: confirm, through ReadIndex, that this
     /// node's state is at least as new as everything committed before now.
     Fence {
-        reply: Sender<FenceReply>,
+        reply: Replier<FenceReply>,
         deadline: Instant,
     },
     /// A control frame from a peer connection, which waits for the verdict (`false`: the
@@ -144,12 +145,12 @@ struct PendingChange {
 }
 
 struct Pending {
-    reply: Sender<Vec<Reply>>,
+    reply: Replier<Vec<Reply>>,
     deadline: Instant,
 }
 
 struct PendingFence {
-    reply: Sender<FenceReply>,
+    reply: Replier<FenceReply>,
     deadline: Instant,
 }
 
@@ -217,7 +218,7 @@ impl Fences {
             if *index > applied {
                 return true;
             }
-            let _ = fence.reply.send(Ok(()));
+            fence.reply.send(Ok(()));
             false
         });
     }
@@ -228,7 +229,7 @@ impl Fences {
             if fence.deadline > now {
                 return false;
             }
-            let _ = fence.reply.send(Err(StoreError::Unavailable(why.to_string())));
+            fence.reply.send(Err(StoreError::Unavailable(why.to_string())));
             true
         };
         self.new.retain(|f| !expired(f));
@@ -517,7 +518,7 @@ impl Node {
             } else {
                 "not committed within --cluster-timeout (it may still be applied)".to_string()
             };
-            let _ = pending.reply.send(vec![Err(StoreError::Unavailable(why))]);
+            pending.reply.send(vec![Err(StoreError::Unavailable(why))]);
             false
         });
         self.pending_changes.retain(|_, pending| {
@@ -683,7 +684,7 @@ impl Node {
         let outcomes = self.store.apply_committed(&proposal.ops, inputs)?;
         if proposal.origin == self.id && proposal.boot == self.boot {
             if let Some(pending) = self.pending.remove(&proposal.request) {
-                let _ = pending.reply.send(outcomes.into_iter().map(Ok).collect());
+                pending.reply.send(outcomes.into_iter().map(Ok).collect());
             }
         }
         Ok(())
