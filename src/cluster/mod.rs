@@ -26,14 +26,14 @@
 //! writes `--initial-cluster` into its state; later starts use the saved members and ignore
 //! the flag.
 //!
-//! Snapshots and truncation: every `--snapshot-entries` applied entries (default 10,000) the
-//! raft thread exports the store at the applied index, saves it durably (fsync of the file
+//! Snapshots and truncation: every `--snapshot-entries` applied entries (default 10,000),
+//! or every as many entries as the store has keys if that is more, the raft thread exports the store at the applied index, saves it durably (fsync of the file
 //! and the directory: the store's own file is not synced) and only then compacts the Raft
 //! log up to the *previous* snapshot, so the log holds one to two snapshots' worth of
 //! entries and a follower a little behind catches up from it. A follower further behind
 //! (or a new one) is sent the snapshot by raft-rs (`MsgSnapshot`): it saves it, replaces
 //! its log and its whole store with it, and goes on from the log. A snapshot travels in one
-//! peer frame (see `snapshot` for the size this allows).
+//! peer frame, at most `--max-snapshot-bytes`.
 //!
 //! Peer traffic is authenticated with `--cluster-secret` (`peer_auth`: a challenge–response
 //! per connection, then an HMAC per record), required as soon as a peer address is not
