@@ -486,15 +486,7 @@ impl Cluster {
     }
 
     fn propose(&self, ops: Vec<WriteOp>) -> Vec<Reply> {
-        let (reply, answer) = reply::slot();
-        let deadline = Instant::now() + self.timeout;
-        if self.inbox.send(Event::Propose { ops, reply, deadline }).is_err() {
-            return vec![Err(StoreError::Closed)];
-        }
-        // The raft thread answers by the deadline; the margin only guards against it hanging.
-        answer
-            .recv_timeout(self.timeout + Duration::from_secs(2))
-            .unwrap_or_else(|| vec![Err(StoreError::Unavailable("the raft thread did not answer".into()))])
+        self.ask(|reply, deadline| Event::Propose { ops, reply, deadline }).unwrap_or_else(|e| vec![Err(e)])
     }
 
     /// Returns once this node may serve a read under `--read-consistency`: at once for
@@ -504,25 +496,25 @@ impl Cluster {
         if self.read_consistency == ReadConsistency::Local {
             return Ok(());
         }
-        let (reply, answer) = reply::slot();
-        let deadline = Instant::now() + self.timeout;
-        self.inbox.send(Event::Fence { reply, deadline }).map_err(|_| StoreError::Closed)?;
-        answer
-            .recv_timeout(self.timeout + Duration::from_secs(2))
-            .unwrap_or_else(|| Err(StoreError::Unavailable("the raft thread did not answer".into())))
+        self.ask(|reply, deadline| Event::Fence { reply, deadline })?
     }
 
     /// `cluster add/remove`: proposes the change through Raft and returns once it is applied
     /// on this node (or why it was refused, or timed out).
     pub fn change_members(&self, change: Change) -> Result<(), String> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.ask(|reply, deadline| Event::Change { change, reply, deadline }).map_err(|e| e.to_string())?
+    }
+
+    /// Sends the raft thread the event `make` builds around a reply slot and the
+    /// `--cluster-timeout` deadline, and waits for the answer. The raft thread answers by
+    /// the deadline; the margin only guards against it hanging.
+    fn ask<T>(&self, make: impl FnOnce(reply::Replier<T>, Instant) -> Event) -> Result<T, StoreError> {
+        let (reply, answer) = reply::slot();
         let deadline = Instant::now() + self.timeout;
-        if self.inbox.send(Event::Change { change, reply, deadline }).is_err() {
-            return Err(StoreError::Closed.to_string());
-        }
+        self.inbox.send(make(reply, deadline)).map_err(|_| StoreError::Closed)?;
         answer
             .recv_timeout(self.timeout + Duration::from_secs(2))
-            .unwrap_or_else(|_| Err("the raft thread did not answer".into()))
+            .ok_or_else(|| StoreError::Unavailable("the raft thread did not answer".into()))
     }
 
     /// This node's view of the cluster.

@@ -134,13 +134,13 @@ pub enum Event {
     /// `cluster add/remove`: answered once the change is applied here.
     Change {
         change: Change,
-        reply: Sender<Result<(), String>>,
+        reply: Replier<Result<(), String>>,
         deadline: Instant,
     },
 }
 
 struct PendingChange {
-    reply: Sender<Result<(), String>>,
+    reply: Replier<Result<(), String>>,
     deadline: Instant,
 }
 
@@ -447,11 +447,12 @@ impl Node {
                     self.state_failure.get_or_insert(e);
                 }
             }
-            Event::Change { change, reply, deadline } => {
-                if let Err(e) = self.propose_change(change, deadline, &reply) {
-                    let _ = reply.send(Err(e));
+            Event::Change { change, reply, deadline } => match self.propose_change(change) {
+                Ok(request) => {
+                    self.pending_changes.insert(request, PendingChange { reply, deadline });
                 }
-            }
+                Err(e) => reply.send(Err(e)),
+            },
         }
     }
 
@@ -530,7 +531,7 @@ impl Node {
             } else {
                 "not applied within --cluster-timeout (it may still be)"
             };
-            let _ = pending.reply.send(Err(why.to_string()));
+            pending.reply.send(Err(why.to_string()));
             false
         });
         let why = if leaderless {

@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
 
-use super::{lost_state, Node, PendingChange};
+use super::{lost_state, Node};
 use crate::cluster;
 use crate::cluster::membership::{Change, ChangeContext, Control, REMOVED};
 
@@ -172,13 +171,9 @@ impl Node {
         self.raw.propose_conf_change(context.encode(), change).map_err(|e| e.to_string())
     }
 
-    /// `cluster add/remove` on this node: checked, then proposed; answered once applied.
-    pub(super) fn propose_change(
-        &mut self,
-        change: Change,
-        deadline: Instant,
-        reply: &Sender<Result<(), String>>,
-    ) -> Result<(), String> {
+    /// `cluster add/remove` on this node: checked, then proposed; returns the request to
+    /// answer once it is applied.
+    pub(super) fn propose_change(&mut self, change: Change) -> Result<u64, String> {
         let request = self.next_request;
         self.next_request += 1;
         let mut context =
@@ -207,8 +202,7 @@ impl Node {
         };
         self.propose_conf_change(kind, id, &context)?;
         log::info!("proposed to {change}");
-        self.pending_changes.insert(request, PendingChange { reply: reply.clone(), deadline });
-        Ok(())
+        Ok(request)
     }
 
     /// Applies a committed configuration change: Raft's voters, the members' addresses and
@@ -239,7 +233,7 @@ impl Node {
         }
         if let Some(context) = context.filter(|c| c.origin == self.id && c.boot == self.boot) {
             if let Some(pending) = self.pending_changes.remove(&context.request) {
-                let _ = pending.reply.send(outcome);
+                pending.reply.send(outcome);
             }
         }
     }
