@@ -25,8 +25,19 @@ const KEYS: usize = 10_000;
 const PIPELINE: usize = 500;
 const INSTANCES: usize = 3;
 
-fn nutcracker_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"].iter().map(PathBuf::from).find(|p| p.exists())
+/// nutcracker's path; `None` (the test is skipped) if it is not installed, which fails the
+/// test under `CI=true`.
+fn nutcracker_or_skip() -> Option<PathBuf> {
+    let found =
+        ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"].iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nutcracker is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("skipping: nutcracker is not installed (apt-get install nutcracker)");
+    }
+    found
 }
 
 /// A port that was free a moment ago (bound to port 0, then released).
@@ -206,14 +217,7 @@ fn keys_on(server: &Server) -> HashSet<String> {
 
 #[test]
 fn three_instances_behind_twemproxy_share_keys_and_survive_an_outage() {
-    let Some(binary) = nutcracker_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nutcracker is not installed, and CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("skipping: nutcracker is not installed (apt-get install nutcracker)");
-        return;
-    };
+    let Some(binary) = nutcracker_or_skip() else { return };
     let started = Instant::now();
     let dirs: Vec<(tempfile::TempDir, PathBuf)> = (0..INSTANCES).map(|_| temp_db()).collect();
     let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
@@ -280,14 +284,7 @@ fn three_instances_behind_twemproxy_share_keys_and_survive_an_outage() {
 #[test]
 fn twemproxy_in_front_of_two_clusters_shards_and_each_cluster_replicates() {
     use common::cluster::Cluster;
-    let Some(binary) = nutcracker_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nutcracker is not installed, and CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("skipping: nutcracker is not installed (apt-get install nutcracker)");
-        return;
-    };
+    let Some(binary) = nutcracker_or_skip() else { return };
     let mut clusters = [Cluster::start(), Cluster::start()];
     for cluster in &clusters {
         cluster.wait_for_leader(Duration::from_secs(15)).expect("a leader");
