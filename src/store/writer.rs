@@ -88,6 +88,16 @@ enum Woken {
     Lead,
 }
 
+impl WaitState {
+    /// What the waiter was told, if anything yet (answers first).
+    fn take(&mut self) -> Option<Woken> {
+        if let Some(replies) = self.replies.take() {
+            return Some(Woken::Answered(replies));
+        }
+        std::mem::take(&mut self.lead).then_some(Woken::Lead)
+    }
+}
+
 /// How many times a waiting writer yields the CPU before it sleeps.
 const SPIN_YIELDS: usize = 3;
 
@@ -106,21 +116,14 @@ impl Waiter {
         // wake (on a shared core, the thread-per-connection shape's main cost per write).
         for _ in 0..SPIN_YIELDS {
             std::thread::yield_now();
-            let mut state = self.state.lock();
-            if let Some(replies) = state.replies.take() {
-                return Woken::Answered(replies);
-            }
-            if std::mem::take(&mut state.lead) {
-                return Woken::Lead;
+            if let Some(woken) = self.state.lock().take() {
+                return woken;
             }
         }
         let mut state = self.state.lock();
         loop {
-            if let Some(replies) = state.replies.take() {
-                return Woken::Answered(replies);
-            }
-            if std::mem::take(&mut state.lead) {
-                return Woken::Lead;
+            if let Some(woken) = state.take() {
+                return woken;
             }
             self.wake.wait(&mut state);
         }
