@@ -4,14 +4,13 @@
 # 100,000 keys filled first, 5 s per point; servers pinned to CPU 0, kvbench to CPU 1.
 # Usage: cargo build --release --bins && bash bench/cluster_reads.sh
 set -u
+. "$(dirname "$0")/cluster_lib.sh"
 B=${1:-target/release}
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf $D' EXIT
 bench() { # addr conns get-ratio
   taskset -c 1 $B/kvbench --addr $1 -c $2 --get-ratio $3 --duration 5 --keys 10000 --value-size 100 2>&1 |
     grep -o "ops_per_sec=[0-9]*\|p99_us=[0-9.]*" | tr '\n' ' '; echo; }
 fill() { taskset -c 1 $B/kvbench --addr $1 -c 8 --get-ratio 0 --duration 2 --keys 10000 --value-size 100 >/dev/null 2>&1; }
-leader_of() { for i in 1 2 3; do printf 'stats\n' | timeout 2 nc -q1 127.0.0.1 2801$i | awk '/cluster_leader/ {print $3}'; done |
-  sort | uniq -c | sort -rn | head -1 | awk '{print $2}'; }
 
 mkdir $D/s; taskset -c 0 $B/kvserver --db $D/s/database.txt --listen 127.0.0.1:28001 2>$D/s.log & S=$!; sleep 1
 fill 127.0.0.1:28001
@@ -25,7 +24,7 @@ for mode in linearizable lease local; do
     taskset -c 0 $B/kvserver --db $D/n$i/database.txt --listen 127.0.0.1:2801$i --node-id $i --initial-cluster $IC \
       --read-consistency $mode 2>$D/n$i.log & PIDS="$PIDS $!"; done
   sleep 3
-  L=$(leader_of); F=$(( L % 3 + 1 ))
+  L=$(cluster_leader 2801); F=$(( L % 3 + 1 ))
   fill 127.0.0.1:2801$L
   for c in 1 8 50; do echo -n "$mode GET via leader c=$c: "; bench 127.0.0.1:2801$L $c 1; done
   for c in 1 8 50; do echo -n "$mode GET via follower c=$c: "; bench 127.0.0.1:2801$F $c 1; done

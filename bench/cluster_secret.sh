@@ -5,6 +5,7 @@
 # point, servers pinned to CPU 0, kvbench to CPU 1. Needs nc.
 # Usage: cargo build --release --bins && bash bench/cluster_secret.sh
 set -u
+. "$(dirname "$0")/cluster_lib.sh"
 B=${1:-target/release}
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf $D' EXIT
 head -c 32 /dev/urandom | base64 > $D/secret; chmod 600 $D/secret
@@ -17,7 +18,7 @@ for round in 1 2 3; do
     rm -rf $D/n1 $D/n2 $D/n3
     for i in 1 2 3; do mkdir $D/n$i; taskset -c 0 $B/kvserver --db $D/n$i/database.txt --listen 127.0.0.1:2701$i --node-id $i --initial-cluster $IC $flags 2>$D/n$i.log & done
     sleep 3
-    L=$(for i in 1 2 3; do printf 'stats\n' | timeout 2 nc -q1 127.0.0.1 2701$i | grep cluster_leader | awk '{print $3}'; done | sort | uniq -c | sort -rn | head -1 | awk '{print $2}')
+    L=$(cluster_leader 2701)
     for c in 8 50; do echo -n "round $round $mode via leader $L c=$c: "; run 127.0.0.1:2701$L $c; done
     kill $(jobs -p) 2>/dev/null; wait 2>/dev/null
   done

@@ -3,6 +3,7 @@
 # sets only, 5 s per point; servers pinned to CPU 0, kvbench to CPU 1. Needs nc.
 # Usage: cargo build --release --bins && bash bench/cluster_writes.sh
 set -u
+. "$(dirname "$0")/cluster_lib.sh"
 B=${1:-target/release}
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf $D' EXIT
 run() { # addr conns
@@ -13,7 +14,7 @@ kill %1; wait %1 2>/dev/null
 IC=1=127.0.0.1:27101,2=127.0.0.1:27102,3=127.0.0.1:27103
 for i in 1 2 3; do mkdir $D/n$i; taskset -c 0 $B/kvserver --db $D/n$i/database.txt --listen 127.0.0.1:2701$i --node-id $i --initial-cluster $IC 2>$D/n$i.log & done
 sleep 3
-L=$(for i in 1 2 3; do printf 'stats\n' | timeout 2 nc -q1 127.0.0.1 2701$i | grep cluster_leader | awk '{print $3}'; done | sort | uniq -c | sort -rn | head -1 | awk '{print $2}')
+L=$(cluster_leader 2701)
 echo "leader $L"
 for c in 1 8 50; do echo -n "cluster via leader c=$c: "; run 127.0.0.1:2701$L $c; done
 F=$(( L % 3 + 1 ))
